@@ -1,0 +1,1 @@
+"""Data sets: the interchange layout, public RRSIS layouts, the synthetic scene generator."""
