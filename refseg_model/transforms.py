@@ -1,0 +1,56 @@
+"""Image and mask geometry shared by training, evaluation and the predictor.
+
+The model sees an S x S frame: the image resized so that its longest side is S (aspect kept), placed at the
+top-left, zero-padded (as SAM does). Masks come back by cropping the frame to the resized image and resizing
+to the original size.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def resized_shape(h: int, w: int, size: int) -> Tuple[int, int]:
+    scale = size / max(h, w)
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def image_to_frame(image: np.ndarray, size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """H x W x 3 uint8 -> (3 x S x S float in [0, 1], (h', w') of the resized image inside the frame)."""
+    h, w = image.shape[:2]
+    nh, nw = resized_shape(h, w, size)
+    if (nh, nw) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    frame = torch.zeros(3, size, size)
+    frame[:, :nh, :nw] = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
+    return frame, (nh, nw)
+
+
+def mask_to_frame(mask: np.ndarray, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """H x W bool -> (1 x S x S float target in {0,1} (area-averaged then >= 0.5), 1 x S x S valid-pixel mask)."""
+    h, w = mask.shape
+    nh, nw = resized_shape(h, w, size)
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    if (nh, nw) != (h, w):
+        m = F.interpolate(m, size=(nh, nw), mode="area" if nh < h else "nearest")
+    target = torch.zeros(1, size, size)
+    target[:, :nh, :nw] = (m[0] >= 0.5).float()
+    valid = torch.zeros(1, size, size)
+    valid[:, :nh, :nw] = 1.0
+    return target, valid
+
+
+def logits_to_original(
+    logits: torch.Tensor, frame_size: int, resized: Tuple[int, int], original: Tuple[int, int]
+) -> torch.Tensor:
+    """Low-res logits B x 1 x m x m over the S x S frame -> B x H x W logits at the original image size."""
+    if logits.shape[-1] != frame_size:
+        logits = F.interpolate(logits, size=(frame_size, frame_size), mode="bilinear", align_corners=False)
+    crop = logits[..., : resized[0], : resized[1]]
+    if tuple(crop.shape[-2:]) != tuple(original):
+        crop = F.interpolate(crop, size=tuple(original), mode="bilinear", align_corners=False)
+    return crop[:, 0]
