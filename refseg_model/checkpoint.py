@@ -138,7 +138,13 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
 
 
 def load_model(spec: str, device: Union[str, torch.device] = "cpu") -> Tuple[Any, Dict[str, Any]]:
-    """`demo` (the shipped checkpoint), a preset name (fresh weights) or a checkpoint directory."""
+    """`demo` (the shipped checkpoint), `preset:NAME` or a preset name other than demo (fresh weights), or a
+    checkpoint directory."""
+    if spec.startswith("preset:"):
+        name = spec[len("preset:"):]
+        cfg = preset_config(name)
+        model = build_model(cfg).to(device).eval()
+        return model, {"version": f"{name}-init", "config": cfg.to_dict(), "metadata": {}}
     if spec == "demo":
         if not (DEMO_CHECKPOINT / CONFIG_FILE).is_file():
             raise CheckpointError(f"the demo checkpoint is missing from {DEMO_CHECKPOINT}")

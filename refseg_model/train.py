@@ -222,10 +222,6 @@ class _TrainStep(torch.nn.Module):
         return refseg_loss(self.model, out, target, valid, self.model.cfg.loss)
 
 
-def _load_init(init: str, device):
-    if init.startswith("preset:"):
-        return load_model(init[len("preset:"):], device)
-    return load_model(init, device)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -237,7 +233,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.out)
     state_dir = out.with_name(out.name + ".train")
 
-    model, meta = _load_init(cfg.init, device)
+    model, meta = load_model(cfg.init, device)
     base_version = str(meta.get("version", cfg.init))
     size = model.image_size
 
