@@ -26,8 +26,17 @@ def _device(name: str) -> str:
 def cmd_synth(args) -> int:
     from .data.synth import write_dataset
 
+    try:
+        fractions = tuple(float(x) for x in args.splits.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        print(f"error: --splits must be three non-negative fractions like 0.8,0.1,0.1, got {args.splits!r}",
+              file=sys.stderr)
+        return 2
     n = write_dataset(args.out, n_images=args.images, size=args.size, style=args.style, seed=args.seed,
-                      expressions_per_image=args.expressions_per_image)
+                      expressions_per_image=args.expressions_per_image,
+                      split_fractions=tuple(f / sum(fractions) for f in fractions))
     print(f"wrote {n} samples ({args.images} images, style {args.style}) to {args.out}")
     return 0
 
@@ -122,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--style", default="default", choices=["default", "shifted"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--expressions-per-image", type=int, default=3)
+    s.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions of the images")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="train or fine-tune (resumes if interrupted; torchrun for DDP)")
