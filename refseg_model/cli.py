@@ -3,7 +3,10 @@
     refseg synth OUT [--images N]
     refseg train --data DIR [--init demo|PRESET|CKPT] --out CKPT [--plot]
     refseg eval --data DIR [--checkpoint CKPT] [--split test]
-    refseg predict IMAGE "expression" -o mask.png [--checkpoint CKPT] [--overlay out.png]
+    refseg predict IMAGE "expression" -o mask.png|mask.tif [--checkpoint CKPT] [--overlay out.png]
+                   [--bands 4,3,2] [--stretch auto|none|minmax|2,98] [--geojson out.geojson]
+                   [--strategy whole|auto|tile|coarse|naive] [--tile 512] [--overlap 0.25] [--min-score 0.3]
+    refseg export --data SRC --to rrsis-d|refsegrs|risbench|interchange OUT [--split train]
 """
 from __future__ import annotations
 
@@ -84,19 +87,86 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# scenes larger than this (longest side, px) go through refseg_model.large_scene unless --strategy whole
+LARGE_SCENE_SIDE = 2048
+
+
 def cmd_predict(args) -> int:
-    from .imageio import load_image, save_mask
+    from .imageio import RasterReader, _is_tiff, load_raster, parse_bands, parse_stretch, save_mask
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    bands = parse_bands(args.bands)
+    stretch = parse_stretch(args.stretch)
+    out = Path(args.output)
+    geotiff_out = out.suffix.lower() in (".tif", ".tiff")
+    strategy = args.strategy
+    if strategy is None:  # whole image through the model unless it is a large (Geo)TIFF
+        strategy = "whole"
+        if _is_tiff(args.image):
+            with RasterReader(args.image) as reader:
+                if max(reader.shape) > LARGE_SCENE_SIDE:
+                    strategy = "auto"
     from .predictor import RefSegPredictor
 
-    image = load_image(args.image)
     predictor = RefSegPredictor.from_spec(args.checkpoint, device=_device(args.device), cache_size=1)
-    [pred] = predictor.predict(image, [args.expression])
-    save_mask(pred.mask, args.output)
-    print(json.dumps({"mask": args.output, "score": round(pred.score, 4), "pixels": int(pred.mask.sum()),
-                      "height": int(pred.mask.shape[0]), "width": int(pred.mask.shape[1]),
-                      "model_version": predictor.version}))
+    info = {}
+    if strategy == "whole":
+        raster = load_raster(args.image, bands=bands, stretch=stretch)
+        image, georef = raster.pixels, raster.georef
+        [pred] = predictor.predict(image, [args.expression])
+        mask, score = pred.mask, pred.score
+        if raster.nodata_mask is not None:
+            mask = mask & ~raster.nodata_mask
+    else:
+        from .large_scene import predict_scene
+
+        image = None
+        res = predict_scene(predictor, args.image, args.expression, strategy=strategy, tile=args.tile,
+                            overlap=args.overlap, bands=bands, stretch=stretch, min_score=args.min_score,
+                            batch_size=args.batch_size)
+        mask, score, georef = res.mask, res.score, res.georef
+        info = {"windows": res.windows, "accepted_windows": res.accepted, "rois": [list(b) for b in res.rois],
+                "seconds": round(res.seconds, 2)}
+        strategy = res.strategy
+    if geotiff_out:
+        from .geo import write_mask_geotiff
+
+        write_mask_geotiff(mask, out, georef)
+    else:
+        save_mask(mask, out)
+    report = {"mask": args.output, "score": round(score, 4), "pixels": int(mask.sum()),
+              "height": int(mask.shape[0]), "width": int(mask.shape[1]), "model_version": predictor.version,
+              "strategy": strategy, "crs": georef.crs if georef else None,
+              "transform": list(georef.transform) if georef else None, **info}
+    if args.geojson:
+        from .geo import mask_to_geojson, write_geojson
+
+        fc = mask_to_geojson(mask, georef, properties={"expression": args.expression, "score": round(score, 4)})
+        write_geojson(fc, args.geojson)
+        report["geojson"] = args.geojson
+        report["polygons"] = len(fc["features"])
+    print(json.dumps(report))
     if args.overlay:
-        save_overlay(image, pred.mask, args.overlay)
+        if image is None:
+            print("warning: --overlay is skipped for large scenes (write the GeoTIFF mask and overlay it in a GIS)",
+                  file=sys.stderr)
+        else:
+            save_overlay(image, mask, args.overlay)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .data.public import load_samples, write_samples
+
+    samples = load_samples(args.data, args.split)
+    if not samples:
+        print(f"error: no samples in {args.data}" + (f" [{args.split}]" if args.split else ""), file=sys.stderr)
+        return 2
+    out = write_samples(samples, f"{args.to}:{args.out}")
+    print(json.dumps({"samples": len(samples), "layout": args.to, "out": str(out)}))
     return 0
 
 
@@ -171,11 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="segment what an expression refers to in one image")
     r.add_argument("image")
     r.add_argument("expression")
-    r.add_argument("-o", "--output", required=True, help="mask PNG (255 = target)")
+    r.add_argument("-o", "--output", required=True,
+                   help="mask: .png (255 = target), or .tif/.tiff for a GeoTIFF with the image's georeference")
     r.add_argument("--checkpoint", default="demo")
     r.add_argument("--overlay", default=None, help="also write the image with the mask overlaid")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--bands", default=None, help="1-based bands of a (Geo)TIFF for R,G,B, e.g. 4,3,2 (default 1,2,3)")
+    r.add_argument("--stretch", default="auto",
+                   help="auto (8-bit kept, else 2-98%% per band) | none | minmax | LOW,HIGH percentiles")
+    r.add_argument("--geojson", default=None, help="also write the mask as GeoJSON polygons in the scene's CRS")
+    r.add_argument("--strategy", default=None, choices=["whole", "auto", "tile", "coarse", "naive"],
+                   help=f"large scenes (see refseg_model.large_scene); default: whole image, or auto for "
+                        f"(Geo)TIFFs longer than {LARGE_SCENE_SIDE} px")
+    r.add_argument("--tile", type=int, default=512, help="window side in full-resolution pixels")
+    r.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
+    r.add_argument("--min-score", type=float, default=0.3, help="confidence a window needs to count")
+    r.add_argument("--batch-size", type=int, default=8, help="windows per encoder batch")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="write a data set in another layout (RRSIS-D, RefSegRS, RISBench, interchange)")
+    x.add_argument("--data", required=True, help="DIR | rrsis-d:PATH | refsegrs:PATH | risbench:PATH")
+    x.add_argument("--to", required=True, choices=["rrsis-d", "refsegrs", "risbench", "interchange"])
+    x.add_argument("out", help="output folder")
+    x.add_argument("--split", default=None, choices=["train", "val", "test"], help="only this split (default all)")
+    x.set_defaults(func=cmd_export)
 
     sub.add_parser("presets", help="list model presets").set_defaults(func=cmd_presets)
     return p
