@@ -1,0 +1,140 @@
+"""The Label Studio ML backend's HTTP side (Flask). It never runs the model: /predict enqueues jobs for the
+workers (workers/) and waits for them; /health and /setup answer from memory and Redis only.
+
+    GET  /health, /     {"status": "UP", "model_class": ...}
+    POST /setup         {"model_version": <the project's current version>}; 400 for configs we cannot serve
+    POST /predict       {"results": [one entry per task, in order]}
+    POST /webhook       annotation events and START_TRAINING -> fine-tune jobs
+    GET  /metrics       Prometheus
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import redis
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from .auth import install_basic_auth
+from .labelconfig import LabelConfigError, parse_label_config, project_id
+from .metrics import Metrics
+from .predict import PredictService
+from .queues import rq_connection, state_connection
+from .settings import Settings
+from .versions import VersionStore
+from .webhook import WebhookError, WebhookService
+
+MODEL_CLASS = "RefSegBackend"
+log = logging.getLogger(__name__)
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _json_body() -> dict:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object body")
+    return body
+
+
+def _project(body: dict, tasks=None) -> str:
+    raw = body.get("project")
+    if raw in (None, "") and tasks:
+        raw = tasks[0].get("project") if isinstance(tasks[0], dict) else None
+    try:
+        return project_id(raw)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def create_app(settings: Optional[Settings] = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    rq_conn = rq_connection(settings.redis_url)
+    state = state_connection(settings.redis_url)
+    versions = VersionStore(state, settings.base_model)
+    metrics = Metrics(rq_conn, state, versions)
+    predictor = PredictService(settings, rq_conn, state, versions, metrics)
+    webhooks = WebhookService(settings, rq_conn, state)
+    if settings.basic_auth_enabled:
+        install_basic_auth(app, settings.basic_auth_user, settings.basic_auth_pass)
+    if not settings.label_studio_url:
+        log.warning("LABEL_STUDIO_URL is not set: workers can only read http(s) images from MEDIA_ALLOWED_HOSTS, "
+                    "cannot deliver late batch results, and cannot fine-tune")
+
+    @app.get("/health")
+    @app.get("/")
+    def health():
+        return jsonify(status="UP", model_class=MODEL_CLASS, base_model_version=versions.base.version)
+
+    @app.post("/setup")
+    def setup():
+        body = _json_body()
+        project = _project(body)
+        parse_label_config(body.get("schema") or body.get("label_config") or "")
+        return jsonify(model_version=versions.current(project).version)
+
+    @app.post("/predict")
+    def predict():
+        body = _json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise BadRequest("'tasks' must be a non-empty list")
+        project = _project(body, tasks)
+        cfg = parse_label_config(body.get("label_config") or "")
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        context = params.get("context") if isinstance(params.get("context"), dict) else None
+        if context and context.get("result"):
+            results = [predictor.interactive(project, cfg, task, context) for task in tasks]
+        else:
+            results = predictor.batch(project, cfg, tasks)
+        return jsonify(results=results)
+
+    @app.post("/webhook")
+    def webhook():
+        body, status = webhooks.handle(request.get_json(force=True, silent=True))
+        return jsonify(body), status
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.errorhandler(BadRequest)
+    @app.errorhandler(LabelConfigError)
+    @app.errorhandler(WebhookError)
+    def bad_request(exc):
+        return jsonify(status=400, error=str(exc)), 400
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def redis_down(exc):
+        log.error("Redis unavailable: %s", exc)
+        return jsonify(status=503, error=f"queue unavailable (Redis at {_redacted(settings.redis_url)})"), 503
+
+    @app.errorhandler(Exception)
+    def internal(exc):
+        if isinstance(exc, HTTPException):
+            return jsonify(status=exc.code, error=exc.description), exc.code
+        log.exception("unhandled error on %s", request.path)
+        return jsonify(status=500, error=f"{type(exc).__name__}: {exc}"), 500
+
+    @app.after_request
+    def count(response):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        return response
+
+    return app
+
+
+def _redacted(url: str) -> str:
+    """The Redis URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

@@ -1,0 +1,243 @@
+"""/predict: turn Label Studio's request into queue jobs, wait for them within a budget, answer in task order.
+
+Label Studio drops the whole batch unless it gets exactly one result per task, in order; so every task gets
+an entry:
+    done     {"result": [region], "score": s, "model_version": v}
+    failed   {"result": [], "score": 0.0, "model_version": v, "error": "<why>"}   (stored by LS as an empty
+             prediction; delete it in LS to retry once the cause is fixed)
+    pending  {"score": 0.0, "model_version": "<v>-pending", "pending": true}   -- no "result" key: LS skips
+             items without "result" (stores nothing), and the worker POSTs the real prediction to
+             /api/predictions when it finishes (see backend/queues.py for the hand-off).
+
+A task handed over for late delivery gets a marker `refseg:pending:<project>:<task>` (the job id, then
+"posted" for POSTED_GRACE_S after the worker posted it): if LS asks for it again meanwhile (a second
+"Retrieve predictions", or a request LS built before the late post landed), it gets the placeholder again and
+no second job, so each task ends with exactly one prediction. A marker whose job died is dropped and the task
+predicted again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from .labelconfig import ProjectConfig, task_expression
+from .queues import (BATCH, INTERACTIVE, JOB_PREDICT_INTERACTIVE, JOB_PREDICT_TASKS, PENDING_TTL_S, POSTED,
+                     RESULT_TTL_S, done_key, get_queue, give_up, pending_key, take)
+
+log = logging.getLogger(__name__)
+
+ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+BATCH_JOB_TIMEOUT_S = 1800
+
+
+def error_result(version: str, message: str) -> dict:
+    return {"result": [], "score": 0.0, "model_version": version, "error": message}
+
+
+def task_id(task):
+    """The task's id if it is a plain int/str (anything else is treated as no id: results still line up)."""
+    tid = task.get("id") if isinstance(task, dict) else None
+    return tid if isinstance(tid, (int, str)) and not isinstance(tid, bool) else None
+
+
+def pending_result(version: str) -> dict:
+    return {"score": 0.0, "model_version": f"{version}-pending", "pending": True}
+
+
+@dataclass
+class _Chunk:
+    job_id: str
+    indices: List[int]
+    task_ids: list
+
+
+class PredictService:
+    def __init__(self, settings, rq_conn, state, versions, metrics) -> None:
+        self.settings, self.rq_conn, self.state, self.versions, self.metrics = (
+            settings, rq_conn, state, versions, metrics)
+
+    # --------------------------------------------------------------------------------------------- batch
+    def batch(self, project: str, cfg: ProjectConfig, tasks: List[dict]) -> List[dict]:
+        t0 = time.monotonic()
+        deadline = t0 + self.settings.predict_budget_s
+        version = self.versions.current(project).version
+        out: List[Optional[dict]] = [None] * len(tasks)
+        todo: List[Tuple[int, dict]] = []
+        pending = self._pending_jobs(project, tasks)
+        for i, task in enumerate(tasks):
+            job_task, why = self._job_task(cfg, task)
+            if job_task is None:
+                out[i] = error_result(version, why)
+            elif job_task["id"] in pending:
+                out[i] = pending_result(version)  # an earlier /predict's late job will post it
+            else:
+                todo.append((i, job_task))
+
+        request_id = uuid.uuid4().hex
+        chunks = self._enqueue(project, cfg, todo, request_id, BATCH, late="post")
+        self._wait(chunks, request_id, deadline, out, version)
+        for chunk in chunks:  # budget spent: the worker delivers these itself
+            if all(out[i] is not None for i in chunk.indices):
+                continue
+            # markers first, hand-off second: a worker that then finds itself late overwrites them with POSTED
+            keys = [pending_key(project, tid) for tid in chunk.task_ids if tid is not None]
+            pipe = self.state.pipeline()
+            for key in keys:
+                pipe.set(key, chunk.job_id, ex=PENDING_TTL_S)
+            pipe.execute()
+            results = give_up(self.state, chunk.job_id)
+            if results is not None:
+                if keys:
+                    self.state.delete(*keys)
+                self._fill(out, chunk, results)
+                continue
+            for i in chunk.indices:
+                out[i] = pending_result(version)
+            log.info("project %s: %d task(s) of job %s handed over for late delivery", project,
+                     len(chunk.indices), chunk.job_id)
+        self._observe("batch", t0, out)
+        return out  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------------------------------- interactive
+    def interactive(self, project: str, cfg: ProjectConfig, task: dict, context: dict) -> dict:
+        t0 = time.monotonic()
+        version = self.versions.current(project).version
+        job_task, why = self._job_task(cfg, task, context)
+        if job_task is None:
+            out = [error_result(version, why)]
+        else:
+            out = [None]
+            request_id = uuid.uuid4().hex
+            chunks = self._enqueue(project, cfg, [(0, job_task)], request_id, INTERACTIVE, late="drop")
+            self._wait(chunks, request_id, t0 + self.settings.interactive_timeout_s, out, version)
+            if out[0] is None:
+                results = give_up(self.state, chunks[0].job_id)
+                if results is not None:
+                    self._fill(out, chunks[0], results)
+                else:
+                    self._cancel(chunks[0].job_id)
+                    out[0] = error_result(version, f"no result within {self.settings.interactive_timeout_s:g} s "
+                                                   "(workers busy or none running)")
+        self._observe("interactive", t0, out)
+        return out[0]
+
+    # ------------------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _job_task(cfg: ProjectConfig, task, context=None) -> Tuple[Optional[dict], str]:
+        if not isinstance(task, dict):
+            return None, "task is not an object"
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        image = data.get(cfg.image_key)
+        if not isinstance(image, str) or not image.strip():
+            return None, f"task data has no image URL under {cfg.image_key!r}"
+        expression = task_expression(cfg, task, context)
+        if not expression:
+            where = [f"task data {cfg.text_key!r}"] if cfg.text_key else []
+            if cfg.textarea_name:
+                where.append(f"the {cfg.textarea_name!r} text area")
+            return None, "no referring expression (expected in " + " or ".join(where) + ")"
+        return {"id": task_id(task), "image": image.strip(), "expression": expression}, ""
+
+    def _pending_jobs(self, project: str, tasks: List[dict]) -> set:
+        """Ids of tasks whose prediction an earlier /predict handed to a still-living job for late delivery,
+        or that such a job posted moments ago."""
+        ids = [task_id(t) for t in tasks if task_id(t) is not None]
+        if not ids:
+            return set()
+        markers = {tid: job for tid, job in zip(ids, self.state.mget([pending_key(project, t) for t in ids])) if job}
+        if not markers:
+            return set()
+        posted = {tid for tid, job in markers.items() if job == POSTED}
+        markers = {tid: job for tid, job in markers.items() if job != POSTED}
+        job_ids = sorted(set(markers.values()))
+        if not job_ids:
+            return posted
+        jobs = Job.fetch_many(job_ids, connection=self.rq_conn, serializer=JSONSerializer)
+        alive = {jid for jid, job in zip(job_ids, jobs) if job is not None and job.get_status(refresh=False) in ALIVE}
+        dead = [pending_key(project, tid) for tid, job in markers.items() if job not in alive]
+        if dead:
+            self.state.delete(*dead)  # their job died: predict them again
+        return posted | {tid for tid, job in markers.items() if job in alive}
+
+    def _enqueue(self, project, cfg, todo, request_id, queue_name, late) -> List[_Chunk]:
+        queue = get_queue(self.rq_conn, queue_name)
+        size = self.settings.batch_chunk_size if queue_name == BATCH else 1
+        interactive = queue_name == INTERACTIVE
+        chunks = []
+        for k in range(0, len(todo), size):
+            part = todo[k:k + size]
+            job_id = f"predict-{request_id}-{k // size}"
+            job_tasks = [t for _, t in part]
+            queue.enqueue_call(
+                JOB_PREDICT_INTERACTIVE if interactive else JOB_PREDICT_TASKS,
+                kwargs={"project": project, "config": cfg.to_dict(), "tasks": job_tasks,
+                        "request_id": request_id, "late": late},
+                job_id=job_id,
+                timeout=120 if interactive else BATCH_JOB_TIMEOUT_S,
+                # a stale interactive job is useless: drop it if no worker picks it up in time
+                ttl=int(self.settings.interactive_timeout_s) + 5 if interactive else None,
+                result_ttl=RESULT_TTL_S,
+                failure_ttl=24 * 3600,
+                description=f"{queue_name} predict project {project}: {len(job_tasks)} task(s)",
+            )
+            chunks.append(_Chunk(job_id, [i for i, _ in part], [t["id"] for t in job_tasks]))
+        return chunks
+
+    def _wait(self, chunks: List[_Chunk], request_id: str, deadline: float, out: list, version: str) -> None:
+        by_id: Dict[str, _Chunk] = {c.job_id: c for c in chunks}
+        next_check = time.monotonic() + 1.0
+        while by_id:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            item = self.state.blpop([done_key(request_id)], timeout=max(0.01, min(0.5, remaining)))
+            if item is not None:
+                chunk = by_id.pop(item[1], None)
+                results = take(self.state, item[1]) if chunk else None
+                if chunk is not None and results is not None:
+                    self._fill(out, chunk, results)
+            if time.monotonic() >= next_check:  # failed jobs never report: look for them once a second
+                next_check = time.monotonic() + 1.0
+                self._collect_failed(by_id, out, version)
+
+    def _collect_failed(self, by_id: Dict[str, _Chunk], out: list, version: str) -> None:
+        ids = list(by_id)
+        for job_id, job in zip(ids, Job.fetch_many(ids, connection=self.rq_conn, serializer=JSONSerializer)):
+            status = job.get_status(refresh=False) if job is not None else None
+            if status in ALIVE or status == JobStatus.FINISHED:
+                continue  # FINISHED: its results are in the done list already
+            chunk = by_id.pop(job_id)
+            if give_up(self.state, job_id) is not None:
+                continue  # cannot happen for a failed job; keep the hand-off consistent anyway
+            reason = "job lost" if job is None else f"worker job {status}"
+            if job is not None and status == JobStatus.FAILED:
+                exc = (job.latest_result().exc_string if job.latest_result() else "") or ""
+                reason += f": {exc.strip().splitlines()[-1] if exc.strip() else 'unknown error'}"
+            log.warning("%s: %s", job_id, reason)
+            for i in chunk.indices:
+                out[i] = error_result(version, reason)
+
+    @staticmethod
+    def _fill(out: list, chunk: _Chunk, results: list) -> None:
+        for i, r in zip(chunk.indices, results):
+            out[i] = r
+
+    def _cancel(self, job_id: str) -> None:
+        try:
+            job = Job.fetch(job_id, connection=self.rq_conn, serializer=JSONSerializer)
+            if job.get_status() == JobStatus.QUEUED:
+                job.cancel()
+        except Exception:  # gone already: nothing to cancel
+            pass
+
+    def _observe(self, kind: str, t0: float, out: list) -> None:
+        self.metrics.predict_seconds.labels(kind).observe(time.monotonic() - t0)
+        for r in out:
+            outcome = "pending" if r.get("pending") else ("error" if r.get("error") else "done")
+            self.metrics.tasks.labels(outcome).inc()

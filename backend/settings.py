@@ -1,0 +1,122 @@
+"""Runtime settings, read once from the environment (`Settings.from_env()`).
+
+The web process and the workers read the same variables, so one `.env` (or compose `environment:` block)
+configures the whole deployment. Secrets (API key, basic-auth password) never appear in `repr()` or logs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Mapping, Optional, Tuple
+
+_SECRET_FIELDS = ("label_studio_api_key", "basic_auth_pass")
+
+
+def _env(env: Mapping[str, str], *names: str, default: str = "") -> str:
+    """First non-empty variable among `names` (aliases used by label-studio-ml kept for convenience)."""
+    for name in names:
+        value = env.get(name)
+        if value not in (None, ""):
+            return value.strip()
+    return default
+
+
+def _float(env, name: str, default: float) -> float:
+    raw = _env(env, name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _int(env, name: str, default: int) -> int:
+    raw = _env(env, name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def _bool(env, name: str, default: bool) -> bool:
+    raw = _env(env, name).lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_dir: str = "./runs/models"  # fine-tuned checkpoints: MODEL_DIR/<project>/<version>; must be shared by workers
+    base_model: str = "demo"  # REFSEG_MODEL: "demo", "preset:NAME" or a checkpoint directory
+    device: str = "auto"  # workers only: "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    label_studio_url: str = ""  # e.g. http://label-studio:8080 (as reachable from the workers)
+    label_studio_api_key: str = field(default="", repr=False)  # legacy token or Personal Access Token (JWT)
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+    predict_budget_s: float = 50.0  # /predict (batch) answers within this; LS cuts it at 100 s (60-90 behind proxies)
+    interactive_timeout_s: float = 20.0
+    batch_chunk_size: int = 8  # tasks per batch job: small enough that interactive jobs never wait long
+    train_every_n_annotations: int = 10  # 0 = train only on START_TRAINING
+    local_files_document_root: str = ""
+    media_allowed_hosts: Tuple[str, ...] = ()  # hosts (besides LS's) task images may be downloaded from; "*" = any public
+    media_max_bytes: int = 100 * 1024 * 1024
+    media_timeout_s: float = 30.0
+    verify_ssl: bool = True
+    log_level: str = "INFO"
+    model_cache_size: int = 2  # models (versions) a worker keeps loaded at once
+    # fine-tuning
+    finetune_steps: int = 200
+    finetune_batch_size: int = 4
+    finetune_lr: float = 1e-4
+    finetune_min_annotations: int = 2
+    finetune_holdout: float = 0.2  # fraction of annotated tasks held out to compare new vs current
+    finetune_promote_tolerance: float = 0.0  # promote if new gIoU >= current gIoU - tolerance
+    finetune_timeout_s: int = 6 * 3600
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
+        env = os.environ if env is None else env
+        hosts = tuple(h.strip().lower() for h in _env(env, "MEDIA_ALLOWED_HOSTS").split(",") if h.strip())
+        return cls(
+            redis_url=_env(env, "REDIS_URL", default=cls.redis_url),
+            model_dir=_env(env, "MODEL_DIR", default=cls.model_dir),
+            base_model=_env(env, "REFSEG_MODEL", default=cls.base_model),
+            device=_env(env, "DEVICE", default=cls.device),
+            label_studio_url=_env(env, "LABEL_STUDIO_URL", "LABEL_STUDIO_HOST").rstrip("/"),
+            label_studio_api_key=_env(env, "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
+            basic_auth_user=_env(env, "BASIC_AUTH_USER"),
+            basic_auth_pass=_env(env, "BASIC_AUTH_PASS"),
+            predict_budget_s=_float(env, "PREDICT_BUDGET_S", cls.predict_budget_s),
+            interactive_timeout_s=_float(env, "INTERACTIVE_TIMEOUT_S", cls.interactive_timeout_s),
+            batch_chunk_size=max(1, _int(env, "BATCH_CHUNK_SIZE", cls.batch_chunk_size)),
+            train_every_n_annotations=max(0, _int(env, "TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_n_annotations)),
+            local_files_document_root=_env(
+                env, "LOCAL_FILES_DOCUMENT_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+            ),
+            media_allowed_hosts=hosts,
+            media_max_bytes=_int(env, "MEDIA_MAX_BYTES", cls.media_max_bytes),
+            media_timeout_s=_float(env, "MEDIA_TIMEOUT_S", cls.media_timeout_s),
+            verify_ssl=_bool(env, "VERIFY_SSL", True),
+            log_level=_env(env, "LOG_LEVEL", default=cls.log_level).upper(),
+            model_cache_size=max(1, _int(env, "MODEL_CACHE_SIZE", cls.model_cache_size)),
+            finetune_steps=max(1, _int(env, "FINETUNE_STEPS", cls.finetune_steps)),
+            finetune_batch_size=max(1, _int(env, "FINETUNE_BATCH_SIZE", cls.finetune_batch_size)),
+            finetune_lr=_float(env, "FINETUNE_LR", cls.finetune_lr),
+            finetune_min_annotations=max(2, _int(env, "FINETUNE_MIN_ANNOTATIONS", cls.finetune_min_annotations)),
+            finetune_holdout=min(0.9, max(0.0, _float(env, "FINETUNE_HOLDOUT", cls.finetune_holdout))),
+            finetune_promote_tolerance=_float(env, "FINETUNE_PROMOTE_TOLERANCE", cls.finetune_promote_tolerance),
+            finetune_timeout_s=max(60, _int(env, "FINETUNE_TIMEOUT_S", cls.finetune_timeout_s)),
+        )
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    def public_dict(self) -> dict:
+        """Settings for logs and status pages: secrets replaced by whether they are set."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ("<set>" if value else "<unset>") if f.name in _SECRET_FIELDS else value
+        return out

@@ -1,0 +1,224 @@
+"""Benchmark of the ML backend through its real pieces (redis-server, RQ workers, gunicorn), on 127.0.0.1.
+
+Prints
+  1. interactive /predict latency through the queue vs. the predictor called in-process (p50/p95, overhead in
+     ms and as a ratio); same image each time (embedding cache warm on both sides), new expression each call;
+  2. throughput of a 200-task "Retrieve predictions" batch with 1 and with 2 workers;
+  3. brush RLE: backend.brush.mask_to_rle vs label-studio-sdk's mask2rle on a 4096x4096 mask (identical output
+     and speed ratio).
+
+Run:  PYTHONPATH=. .venv/bin/python benchmarks/backend.py [--model preset:tiny] [--image 512] [--tasks 200]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CONFIG = ('<View><Image name="image" value="$image"/><Text name="expr" value="$expression"/>'
+          '<BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels></View>')
+CONFIG_PROMPT = ('<View><Image name="image" value="$image"/><TextArea name="prompt" toName="image"/>'
+                 '<BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels></View>')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(check, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def image_server(images: dict) -> str:
+    """Stands in for Label Studio's /data/upload/ (the workers download task images from it)."""
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            data = images.get(self.path)
+            self.send_response(200 if data else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            self.wfile.write(data or b"")
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+def png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pct(xs, q) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000.0, q))
+
+
+class Stack:
+    def __init__(self, env: dict, tmp: Path) -> None:
+        self.env, self.tmp, self.procs = env, tmp, []
+
+    def start(self, *cmd, log: str):
+        fh = open(self.tmp / log, "w")
+        p = subprocess.Popen(list(cmd), cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for q in list(reversed(self.procs)):
+            q.terminate()
+            try:
+                q.wait(20)
+            except subprocess.TimeoutExpired:
+                q.kill()
+            self.procs.remove(q)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="preset:tiny", help="REFSEG_MODEL for workers and the in-process baseline")
+    ap.add_argument("--image", type=int, default=256, help="square image side in pixels")
+    ap.add_argument("--interactive", type=int, default=40, help="interactive requests")
+    ap.add_argument("--tasks", type=int, default=200, help="tasks in the batch")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker and in-process")
+    ap.add_argument("--rle-size", type=int, default=4096)
+    ap.add_argument("--only", choices=("stack", "rle"), help="run one part only")
+    args = ap.parse_args()
+    if args.only != "rle":
+        bench_stack(args)
+    if args.only != "stack":
+        report_rle(args.rle_size)
+
+
+def bench_stack(args) -> None:
+
+    tmp = Path(tempfile.mkdtemp(prefix="refseg-bench-"))
+    rng = np.random.default_rng(0)
+    images = {f"/data/upload/1/{i}.png": png(rng.integers(0, 255, (args.image, args.image, 3), dtype=np.uint8))
+              for i in range(args.tasks)}
+    ls_url = image_server(images)
+    redis_port = free_port()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "REFSEG_MODEL": args.model,
+           "MODEL_DIR": str(tmp / "models"), "DEVICE": "cpu", "LABEL_STUDIO_URL": ls_url,
+           "LABEL_STUDIO_API_KEY": "bench", "PREDICT_BUDGET_S": "170", "BATCH_CHUNK_SIZE": "8",
+           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+    stack = Stack(env, tmp)
+    py = sys.executable
+    try:
+        stack.start(shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", str(tmp), log="redis.log")
+        worker_cmd = [py, "-m", "workers.worker", "--queues", "interactive,batch", "--threads", str(args.threads)]
+        stack.start(*worker_cmd, log="worker1.log")
+        port = free_port()
+        stack.start(py, "-m", "gunicorn", "--workers", "1", "--threads", "8", "--timeout", "200", "-b",
+                    f"127.0.0.1:{port}", "_wsgi:app", log="gunicorn.log")
+        url = f"http://127.0.0.1:{port}"
+
+        import redis
+        from rq import Worker
+
+        conn = redis.Redis.from_url(env["REDIS_URL"])
+        wait(lambda: requests.get(url + "/health", timeout=1).ok, 60, "gunicorn")
+        wait(lambda: Worker.count(connection=conn) >= 1, 300, "worker 1")
+
+        import torch
+
+        from refseg_model.imageio import load_image
+        from refseg_model.predictor import RefSegPredictor
+
+        torch.set_num_threads(args.threads)
+        predictor = RefSegPredictor.from_spec(args.model)
+        first = next(iter(images))
+        img = load_image(images[first])
+
+        # 1. interactive latency
+        def interactive(i):
+            task = {"id": 1, "data": {"image": first}}
+            ctx = {"result": [{"type": "textarea", "from_name": "prompt", "to_name": "image",
+                               "value": {"text": [f"the building number {i}"]}}]}
+            r = requests.post(url + "/predict", json={"tasks": [task], "project": "1.1", "label_config": CONFIG_PROMPT,
+                                                      "params": {"context": ctx}}, timeout=60)
+            r.raise_for_status()
+            assert "error" not in r.json()["results"][0], r.json()["results"][0].get("error")
+
+        for i in range(3):  # warm-up (model load, embedding cache)
+            interactive(-i)
+            predictor.predict(img, [f"warm {i}"])
+        queued, direct = [], []
+        for i in range(args.interactive):
+            t = time.perf_counter()
+            interactive(i)
+            queued.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            predictor.predict(img, [f"the building number {i}"])
+            direct.append(time.perf_counter() - t)
+        print(f"model {args.model}, {args.image}x{args.image} images, torch threads {args.threads}")
+        print(f"interactive /predict via queue  p50 {pct(queued, 50):8.1f} ms  p95 {pct(queued, 95):8.1f} ms")
+        print(f"predictor in-process            p50 {pct(direct, 50):8.1f} ms  p95 {pct(direct, 95):8.1f} ms")
+        print(f"overhead                        p50 {pct(queued, 50) - pct(direct, 50):8.1f} ms  "
+              f"ratio {pct(queued, 50) / max(pct(direct, 50), 1e-6):.1f}x  "
+              "(HTTP + Redis/RQ + image download + decode + RLE encode)")
+
+        # 2. batch throughput
+        tasks = [{"id": 1000 + i, "data": {"image": p, "expression": f"object {i}"}} for i, p in enumerate(images)]
+
+        def batch(n_workers):
+            t = time.perf_counter()
+            r = requests.post(url + "/predict", json={"tasks": tasks, "project": f"{n_workers + 10}.1",
+                                                      "label_config": CONFIG, "params": {"context": None}}, timeout=200)
+            dt = time.perf_counter() - t
+            res = r.json()["results"]
+            ok = sum("result" in x and "error" not in x for x in res)
+            print(f"batch of {len(tasks)} tasks, {n_workers} worker(s): {dt:6.2f} s  {len(tasks) / dt:6.1f} tasks/s "
+                  f"({ok} predicted, {len(res)} results)")
+
+        batch(1)
+        stack.start(*worker_cmd, log="worker2.log")
+        wait(lambda: Worker.count(connection=conn) >= 2, 300, "worker 2")
+        time.sleep(1.0)
+        batch(2)
+    finally:
+        stack.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report_rle(size: int) -> None:
+    """The RLE codec benchmark of benchmarks/rle_codec.py, summarised."""
+    from rle_codec import bench_rle
+
+    r = bench_rle(size, repeats=5, sdk_repeats=2)
+    print(f"brush RLE {size}x{size}: ours {r['ours_encode_s'] * 1e3:.0f} ms (best of 5), SDK mask2rle "
+          f"{r['sdk_encode_s'] * 1e3:.0f} ms (best of 2): {r['speedup']:.1f}x faster, identical output: "
+          f"{r['identical']}")
+
+if __name__ == "__main__":
+    main()

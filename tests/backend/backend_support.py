@@ -1,0 +1,60 @@
+"""Helpers shared by the backend tests (plain functions; fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import io
+import socket
+import time
+
+import numpy as np
+from PIL import Image
+
+CONFIG_TEXT = """<View>
+  <Image name="image" value="$image"/>
+  <Text name="expr" value="$expression"/>
+  <BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>
+</View>"""
+CONFIG_TEXTAREA = """<View>
+  <Image name="image" value="$image"/>
+  <TextArea name="prompt" toName="image" editable="true" maxSubmissions="1" showSubmitButton="true"/>
+  <BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>
+</View>"""
+CONFIG_POLYGON = """<View>
+  <Image name="image" value="$image"/>
+  <Text name="expr" value="$expression"/>
+  <PolygonLabels name="poly" toName="image"><Label value="target"/></PolygonLabels>
+</View>"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scene(seed: int, h: int = 48, w: int = 64):
+    """A random image with a bright rectangle (its mask is the 'ground truth')."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 120, size=(h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), dtype=bool)
+    y0, x0 = int(rng.integers(2, h // 2)), int(rng.integers(2, w // 2))
+    mask[y0:y0 + h // 3, x0:x0 + w // 3] = True
+    img[mask] = (240, 240, 240)
+    return img, mask
+
+
+def png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+

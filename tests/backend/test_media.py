@@ -1,0 +1,85 @@
+"""workers/media.py guards, in process (nothing here connects anywhere but 127.0.0.1)."""
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from backend.settings import Settings
+from backend_support import png, scene
+from workers.lsclient import LabelStudioClient
+from workers.media import MediaError, MediaFetcher
+
+
+def _fetcher(tmp_path, **env):
+    s = Settings.from_env({"LOCAL_FILES_DOCUMENT_ROOT": str(tmp_path / "root"), **env})
+    return MediaFetcher(s, LabelStudioClient(s.label_studio_url, s.label_studio_api_key))
+
+
+def test_local_files_with_traversal_protection(tmp_path):
+    (tmp_path / "root" / "ds").mkdir(parents=True)
+    img, _ = scene(1)
+    (tmp_path / "root" / "ds" / "a.png").write_bytes(png(img))
+    (tmp_path / "secret.png").write_bytes(png(img))
+    (tmp_path / "root" / "ds" / "link.png").symlink_to(tmp_path / "secret.png")
+    f = _fetcher(tmp_path)
+    np.testing.assert_array_equal(f.image("/data/local-files/?d=ds/a.png"), img)
+    np.testing.assert_array_equal(f.image("/data/local-files/?d=ds%2Fa.png"), img)
+    for bad in ("../secret.png", "ds/../../secret.png", str(tmp_path / "secret.png"), "ds/link.png", "ds/none.png"):
+        with pytest.raises(MediaError):
+            f.fetch(f"/data/local-files/?d={bad}")
+
+
+def test_url_policy(tmp_path, fake_ls):
+    f = _fetcher(tmp_path, MEDIA_ALLOWED_HOSTS="*")
+    for url in ("file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://x"):
+        with pytest.raises(MediaError, match="scheme"):
+            f.fetch(url)
+    for url in ("http://localhost:1/x.png", "http://127.0.0.1:1/x.png", "http://[::1]:1/x.png",
+                "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x.png"):
+        with pytest.raises(MediaError, match="non-public"):  # "*" means public hosts only
+            f.fetch(url)
+    strict = _fetcher(tmp_path)
+    with pytest.raises(MediaError, match="MEDIA_ALLOWED_HOSTS"):
+        strict.fetch("http://127.0.0.1:1/x.png")
+    with pytest.raises(MediaError, match="LABEL_STUDIO_URL"):
+        strict.fetch("/data/upload/1/x.png")
+    img, _ = scene(2)
+    data = "data:image/png;base64," + base64.b64encode(png(img)).decode()
+    np.testing.assert_array_equal(strict.image(data), img)
+
+
+def test_label_studio_host_gets_the_token_others_do_not(tmp_path, fake_ls):
+    from fake_ls import TOKEN
+
+    img, _ = scene(3)
+    fake_ls.files["/data/upload/9/m.png"] = png(img)
+    f = _fetcher(tmp_path, LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=TOKEN)
+    np.testing.assert_array_equal(f.image("/data/upload/9/m.png"), img)
+    np.testing.assert_array_equal(f.image(fake_ls.url + "/data/upload/9/m.png"), img)
+    # the same server named differently is not LS's host: needs MEDIA_ALLOWED_HOSTS, and then gets no token
+    other = fake_ls.url.replace("127.0.0.1", "localhost")
+    with pytest.raises(MediaError, match="MEDIA_ALLOWED_HOSTS"):
+        f.fetch(other + "/data/upload/9/m.png")
+    g = _fetcher(tmp_path, LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=TOKEN, MEDIA_ALLOWED_HOSTS="localhost")
+    with pytest.raises(MediaError, match="HTTP 401"):
+        g.fetch(other + "/data/upload/9/m.png")
+    small = _fetcher(tmp_path, LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=TOKEN, MEDIA_MAX_BYTES="100")
+    with pytest.raises(MediaError, match="MEDIA_MAX_BYTES"):
+        small.fetch("/data/upload/9/m.png")
+
+
+def test_personal_access_token_is_exchanged_and_refreshed(fake_ls):
+    from fake_ls import PAT
+
+    from workers.lsclient import LabelStudioClient
+
+    fake_ls.projects[31] = {"id": 31, "label_config": "<View/>"}
+    client = LabelStudioClient(fake_ls.url, PAT)
+    assert "PAT" in repr(client) and PAT not in repr(client)
+    assert client.project("31")["id"] == 31
+    assert client.auth_header()["Authorization"].startswith("Bearer access-")
+    fake_ls.access_tokens.clear()  # the access token expired early: a 401 triggers one refresh and a retry
+    assert client.project("31")["id"] == 31
+    assert LabelStudioClient(fake_ls.url, "legacy").auth_header() == {"Authorization": "Token legacy"}

@@ -1,0 +1,149 @@
+"""/predict through the real app, Redis and RQ workers: batch, interactive, polygons, failures, late results."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import requests
+from label_studio_sdk.converter.brush import decode_rle
+
+from backend_support import CONFIG_POLYGON, CONFIG_TEXT, CONFIG_TEXTAREA, png, scene, wait_for
+
+
+def _decode(region) -> np.ndarray:
+    h, w = region["original_height"], region["original_width"]
+    return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
+
+
+def _add_tasks(fake_ls, project: int, first_id: int, n: int, sizes=None):
+    tasks, images = [], {}
+    for k in range(n):
+        tid = first_id + k
+        h, w = sizes[k] if sizes else (48, 64)
+        img, _ = scene(tid, h, w)
+        path = f"/data/upload/{project}/img{tid}.png"
+        fake_ls.files[path] = png(img)
+        images[tid] = img
+        tasks.append({"id": tid, "project": project, "data": {"image": path, "expression": f"the bright block {k}"}})
+    return tasks, images
+
+
+def _expected_batch(local_predictor, tasks, images, chunk):
+    """What the workers compute: predict_many over each chunk of `chunk` tasks."""
+    out = []
+    for s in range(0, len(tasks), chunk):
+        part = tasks[s:s + chunk]
+        out += local_predictor.predict_many(lambda i: images[part[i]["id"]],
+                                            [(i, t["data"]["expression"]) for i, t in enumerate(part)])
+    return out
+
+
+def test_batch_predict_one_result_per_task_in_order(gunicorn_url, fake_ls, local_predictor):
+    sizes = [(48, 64), (37, 91), (64, 64), (20, 30), (100, 75)]
+    tasks, images = _add_tasks(fake_ls, 1, 100, 5, sizes)
+    bad = {"id": 199, "project": 1, "data": {"image": "/data/upload/1/missing.png", "expression": "x"}}
+    no_expr = {"id": 198, "project": 1, "data": {"image": tasks[0]["data"]["image"]}}
+    body = {"tasks": tasks[:2] + [bad] + tasks[2:] + [no_expr], "project": "1.1712345678", "label_config": CONFIG_TEXT,
+            "params": {"login": None, "password": None, "context": None}}
+    r = requests.post(gunicorn_url + "/predict", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(body["tasks"])
+    setup = requests.post(gunicorn_url + "/setup", json={"project": "1.1712345678", "schema": CONFIG_TEXT}).json()
+    good = [results[i] for i in (0, 1, 3, 4, 5)]
+    expected = _expected_batch(local_predictor, tasks, images, chunk=2)
+    for task, res, exp in zip(tasks, good, expected):
+        assert res["model_version"] == setup["model_version"] == "tiny-test"
+        assert abs(res["score"] - exp.score) < 1e-6
+        if not exp.mask.any():
+            assert res["result"] == []
+            continue
+        [region] = res["result"]
+        assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
+        assert region["value"]["brushlabels"] == ["target"]
+        h, w = images[task["id"]].shape[:2]
+        assert (region["original_height"], region["original_width"]) == (h, w)
+        np.testing.assert_array_equal(_decode(region), exp.mask)  # exactly the predictor's mask, original size
+    assert results[2]["result"] == [] and "HTTP 404" in results[2]["error"]
+    assert results[6]["result"] == [] and "expression" in results[6]["error"]
+
+
+def test_interactive_predict_with_textarea_context(gunicorn_url, fake_ls, local_predictor):
+    tasks, images = _add_tasks(fake_ls, 3, 300, 1, [(50, 70)])
+    task = {**tasks[0], "data": {"image": tasks[0]["data"]["image"]}, "annotations": [], "drafts": [],
+            "predictions": []}
+    context = {"result": [
+        {"type": "keypointlabels", "from_name": "kp", "to_name": "image", "value": {"x": 1, "y": 2}},
+        {"type": "textarea", "from_name": "prompt", "to_name": "image", "value": {"text": ["the white roof"]}},
+    ]}
+    body = {"tasks": [task], "project": "3.1712345678", "label_config": CONFIG_TEXTAREA,
+            "params": {"login": None, "password": None, "context": context}}
+    t0 = time.monotonic()
+    r = requests.post(gunicorn_url + "/predict", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    [res] = r.json()["results"]
+    [exp] = local_predictor.predict(images[300], ["the white roof"])
+    assert time.monotonic() - t0 < 20
+    assert res["model_version"] == "tiny-test"
+    if exp.mask.any():
+        np.testing.assert_array_equal(_decode(res["result"][0]), exp.mask)
+    else:
+        assert res["result"] == []
+
+
+def test_polygon_output(gunicorn_url, fake_ls):
+    tasks, _ = _add_tasks(fake_ls, 4, 400, 2)
+    body = {"tasks": tasks, "project": "4.1", "label_config": CONFIG_POLYGON, "params": {"context": None}}
+    results = requests.post(gunicorn_url + "/predict", json=body, timeout=60).json()["results"]
+    assert len(results) == 2
+    for res in results:
+        for region in res["result"]:
+            assert region["type"] == "polygonlabels" and region["value"]["polygonlabels"] == ["target"]
+            pts = np.asarray(region["value"]["points"])
+            assert pts.shape[1] == 2 and len(pts) >= 3 and pts.min() >= 0 and pts.max() <= 100
+
+
+def test_refused_image_urls_fail_only_their_task(gunicorn_url, fake_ls):
+    tasks, _ = _add_tasks(fake_ls, 1, 150, 1)
+    odd = [{"id": 151 + k, "data": {"image": url, "expression": "x"}} for k, url in enumerate([
+        "file:///etc/passwd", "http://10.1.2.3/a.png", "/data/local-files/?d=../../etc/passwd"])]
+    body = {"tasks": odd + tasks, "project": "1.1", "label_config": CONFIG_TEXT, "params": {"context": None}}
+    results = requests.post(gunicorn_url + "/predict", json=body, timeout=60).json()["results"]
+    assert len(results) == 4
+    assert "scheme" in results[0]["error"]
+    assert "MEDIA_ALLOWED_HOSTS" in results[1]["error"]
+    assert "error" in results[2]  # no LOCAL_FILES_DOCUMENT_ROOT: fetched from (fake) LS, which has no such file
+    assert "error" not in results[3]
+
+
+def test_late_batch_results_are_posted_to_label_studio(threaded_app, workers, fake_ls):
+    app = threaded_app(PREDICT_BUDGET_S=0.3, BATCH_CHUNK_SIZE=1)
+    tasks, _ = _add_tasks(fake_ls, 5, 500, 12)
+    body = {"tasks": tasks, "project": "5.1", "label_config": CONFIG_TEXT, "params": {"context": None}}
+    t0 = time.monotonic()
+    results = requests.post(app.url + "/predict", json=body, timeout=30).json()["results"]
+    assert time.monotonic() - t0 < 5
+    assert len(results) == 12
+    pending = [t["id"] for t, r in zip(tasks, results) if r.get("pending")]
+    answered = [t["id"] for t, r in zip(tasks, results) if "result" in r]
+    assert pending, "the 0.3 s budget should leave some of 12 jobs unfinished"
+    assert set(pending) | set(answered) == {t["id"] for t in tasks} and not set(pending) & set(answered)
+    for r in results:
+        if r.get("pending"):
+            assert "result" not in r and r["model_version"] == "tiny-test-pending"
+
+    # asked again while in flight, or by a request LS built just before the late post landed: placeholders
+    # again, no second job, so no second prediction
+    again = requests.post(app.url + "/predict", json={**body, "tasks": [t for t in tasks if t["id"] in pending]},
+                          timeout=30).json()["results"]
+    assert all(r.get("pending") for r in again)
+
+    posted = wait_for(lambda: (lambda p: p if len(p) >= len(pending) else None)(fake_ls.predictions_for(pending)),
+                      60, "late predictions")
+    time.sleep(1.0)  # a duplicate post would arrive now
+    posted = fake_ls.predictions_for([t["id"] for t in tasks])
+    assert sorted(p["task"] for p in posted) == sorted(pending)  # exactly one per late task, none for the others
+    for p in posted:
+        assert p["model_version"] == "tiny-test"
+        for region in p["result"]:
+            assert _decode(region).shape == (48, 64)

@@ -1,0 +1,43 @@
+"""backend/training.py state machine against the real redis-server: one job per project, no trigger lost."""
+from __future__ import annotations
+
+import redis
+
+from backend import training
+
+
+def test_finetune_requests_are_deduplicated_and_never_dropped(redis_url):
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    project, enqueued = "900", []
+    alive = set()
+
+    def enqueue(job_id):
+        enqueued.append(job_id)
+        alive.add(job_id)
+
+    req = lambda: training.request_finetune(state, project, enqueue, lambda j: j in alive)  # noqa: E731
+    assert req() == training.ENQUEUE and len(enqueued) == 1
+    assert req() == training.ALREADY_QUEUED and len(enqueued) == 1  # absorbed by the queued job
+
+    first = enqueued[0]
+    assert training.start_finetune(state, project, first, 60)
+    assert req() == training.RERUN_REQUESTED and len(enqueued) == 1
+    assert req() == training.RERUN_REQUESTED
+    successor = training.finish_finetune(state, project, first)
+    assert successor is not None  # the trigger that arrived during the run
+    enqueue(successor)
+    assert training.start_finetune(state, project, successor, 60)
+    assert training.finish_finetune(state, project, successor) is None
+    assert training.status(state, project) == {"queued": None, "running": None, "rerun_requested": False,
+                                               "new_annotations": 0}
+
+    # a marker left by a job RQ lost (crash between marker and enqueue, flushed queue) does not block forever
+    assert req() == training.ENQUEUE
+    alive.clear()
+    assert req() == training.ENQUEUE and len(enqueued) == 4
+
+
+def test_annotation_counter(redis_url):
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert [training.count_annotation(state, "901", 3) for _ in range(7)] == [False, False, True] * 2 + [False]
+    assert not any(training.count_annotation(state, "902", 0) for _ in range(5))  # 0 = only START_TRAINING

@@ -1,0 +1,1 @@
+"""RQ workers: the only processes that load the model (see workers/worker.py)."""

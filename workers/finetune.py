@@ -1,0 +1,226 @@
+"""Fine-tune one project's model from its Label Studio annotations; promote the result only if not worse.
+
+1. Pull the project (label config) and its annotated tasks from Label Studio (the source of truth).
+2. Per task, the newest non-cancelled annotation (ground truth first): union of its BrushLabels (RLE) or
+   PolygonLabels regions -> mask at the image's original size; expression = the annotation's TextArea text,
+   else the task data's <Text> value.
+3. Interchange data set in a temp dir; a deterministic ~FINETUNE_HOLDOUT of tasks (at least 1) is held out as
+   the "test" split. No "val" split is given to train(), so the held-out tasks never influence it.
+4. Train from the project's current checkpoint; evaluate current and new on the held-out tasks; promote if
+   new gIoU >= current gIoU - FINETUNE_PROMOTE_TOLERANCE: the checkpoint moves (rename, atomic) to
+   MODEL_DIR/<project>/<version>, and the version is set in Redis, where every worker's next job sees it.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from backend import stats, training
+from backend.brush import rle_to_mask
+from backend.labelconfig import LabelConfigError, ProjectConfig, parse_label_config, textarea_text
+from backend.queues import enqueue_finetune
+from backend.versions import new_version_name
+
+from .model_cache import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneSkipped(Exception):
+    """Nothing to train on (yet): not a failure."""
+
+
+def run_finetune(rt, project: str, job_id: str) -> dict:
+    s = rt.settings
+    if not training.start_finetune(rt.state, project, job_id, s.finetune_timeout_s + 600):
+        log.info("project %s: another fine-tune is running; it will rerun after it finishes", project)
+        return {"status": "deferred"}
+    t0 = time.time()
+    outcome, report = "failed", {}
+    try:
+        stats.set_finetune_status(rt.state, project, state="running", job=job_id, started=t0)
+        report = _finetune(rt, project, job_id)
+        outcome = report["status"]
+        return report
+    except FinetuneSkipped as exc:
+        outcome, report = "skipped", {"status": "skipped", "reason": str(exc)}
+        log.info("project %s: fine-tune skipped: %s", project, exc)
+        return report
+    except Exception as exc:
+        report = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+        log.exception("project %s: fine-tune failed", project)
+        raise
+    finally:
+        seconds = time.time() - t0
+        stats.incr(rt.state, f"finetune:{outcome}")
+        stats.record_job(rt.state, "finetune", seconds, outcome != "failed")
+        stats.set_finetune_status(rt.state, project, state=outcome, job=job_id, seconds=round(seconds, 2),
+                                  **{k: v for k, v in report.items() if k != "status"})
+        successor = training.finish_finetune(rt.state, project, job_id)
+        if successor:
+            log.info("project %s: triggers arrived during the run: enqueueing %s", project, successor)
+            enqueue_finetune(rt.rq_conn, s, project, successor)
+
+
+def _finetune(rt, project: str, job_id: str) -> dict:
+    from refseg_model.data.interchange import read_interchange
+    from refseg_model.evaluate import evaluate_samples
+    from refseg_model.predictor import RefSegPredictor
+    from refseg_model.train import TrainConfig, train
+
+    s = rt.settings
+    if not rt.ls.configured:
+        raise FinetuneSkipped("LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not set: cannot read annotations")
+    try:
+        cfg = parse_label_config(rt.ls.project(project).get("label_config") or "")
+    except LabelConfigError as exc:
+        raise FinetuneSkipped(f"label config: {exc}") from None
+    current = rt.versions.current(project)
+    n = int(rt.state.incr(f"refseg:project:{project}:ft_counter"))
+    version = new_version_name(rt.versions.base, project, n)
+    project_dir = Path(s.model_dir) / project
+    candidate = project_dir / f".candidate-{job_id}"
+    work = Path(tempfile.mkdtemp(prefix=f"refseg-ft-{project}-"))
+    try:
+        count = _write_dataset(rt, cfg, project, work)
+        log.info("project %s: %d annotated task(s) -> fine-tuning %s from %s", project, count, version,
+                 current.version)
+        stats.set_finetune_status(rt.state, project, state="training", samples=count, version=version)
+        result = train(TrainConfig(
+            data=str(work), out=str(candidate), init=current.checkpoint, steps=s.finetune_steps,
+            batch_size=s.finetune_batch_size, lr=s.finetune_lr, version=version,
+            device="cuda" if s.device.startswith("cuda") else s.device,
+            progress=False, resume=False, eval_every=s.finetune_steps))
+        held_out = read_interchange(work, "test")
+        old = evaluate_samples(rt.models.get(current.checkpoint), held_out, progress=False)
+        new = evaluate_samples(RefSegPredictor.from_spec(str(candidate), device=resolve_device(rt.models.device)), held_out,
+                               progress=False)
+        report = {"version": version, "parent": current.version, "samples": count, "held_out": len(held_out),
+                  "steps": result.steps, "train_seconds": round(result.seconds, 2),
+                  "giou_new": new["gIoU"], "giou_current": old["gIoU"],
+                  "ciou_new": new["cIoU"], "ciou_current": old["cIoU"]}
+        if new["gIoU"] + s.finetune_promote_tolerance < old["gIoU"]:
+            log.info("project %s: %s not promoted: held-out gIoU %.4f < current %.4f (%s)", project, version,
+                     new["gIoU"], old["gIoU"], current.version)
+            return {"status": "rejected", **report}
+        final = project_dir / version
+        if final.exists():  # a leftover of a crashed run with the same number: never overwrite silently
+            shutil.rmtree(final)
+        candidate.rename(final)
+        rt.versions.promote(project, version, str(final.resolve()), parent=current.version,
+                            metrics={"gIoU": new["gIoU"], "cIoU": new["cIoU"], "gIoU_parent": old["gIoU"],
+                                     "samples": count})
+        log.info("project %s: promoted %s (held-out gIoU %.4f vs %.4f for %s)", project, version, new["gIoU"],
+                 old["gIoU"], current.version)
+        return {"status": "promoted", **report}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(candidate, ignore_errors=True)
+        shutil.rmtree(candidate.with_name(candidate.name + ".train"), ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------- data set
+def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
+    from PIL import Image
+
+    from refseg_model.data.interchange import write_annotations
+    from refseg_model.imageio import ImageLoadError, save_mask
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    records = []
+    for task in rt.ls.labeled_tasks(project):
+        sample = _task_sample(cfg, task)
+        if sample is None:
+            continue
+        mask, expression = sample
+        url = (task.get("data") or {}).get(cfg.image_key)
+        try:
+            image = rt.media.image(url, task.get("id"))
+        except (ValueError, OSError, ImageLoadError) as exc:
+            log.warning("project %s task %s: skipped, image: %s", project, task.get("id"), exc)
+            continue
+        if image.shape[:2] != mask.shape:
+            log.warning("project %s task %s: skipped, mask %s does not match image %s", project, task.get("id"),
+                        mask.shape, image.shape[:2])
+            continue
+        name = f"task{int(task['id'])}"
+        Image.fromarray(image).save(root / "images" / f"{name}.png")
+        save_mask(mask, root / "masks" / f"{name}.png")
+        records.append({"image": f"images/{name}.png", "mask": f"masks/{name}.png", "expression": expression,
+                        "task": int(task["id"])})
+    if len(records) < rt.settings.finetune_min_annotations:
+        raise FinetuneSkipped(f"{len(records)} usable annotated task(s); need at least "
+                              f"{rt.settings.finetune_min_annotations}")
+    records.sort(key=lambda r: r["task"])
+    order = list(range(len(records)))
+    random.Random(f"refseg-holdout-{project}").shuffle(order)  # same split for the same task set
+    n_test = min(len(records) - 1, max(1, round(rt.settings.finetune_holdout * len(records))))
+    test = set(order[:n_test])
+    for i, r in enumerate(records):
+        r["split"] = "test" if i in test else "train"
+    write_annotations(root, records)
+    return len(records)
+
+
+def _task_sample(cfg: ProjectConfig, task: dict) -> Optional[Tuple[np.ndarray, str]]:
+    annotation = _pick_annotation(task.get("annotations") or [])
+    if annotation is None:
+        return None
+    results = annotation.get("result") or []
+    mask = _annotation_mask(cfg, results)
+    if mask is None or not mask.any():
+        return None
+    expression = textarea_text(cfg, results)
+    if not expression and cfg.text_key:
+        value = (task.get("data") or {}).get(cfg.text_key)
+        expression = value.strip() if isinstance(value, str) else None
+    if not expression:
+        return None
+    return mask, expression
+
+
+def _pick_annotation(annotations: List[dict]) -> Optional[dict]:
+    usable = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result")]
+    if not usable:
+        return None
+    return max(usable, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""), a.get("id") or 0))
+
+
+def _annotation_mask(cfg: ProjectConfig, results: List[dict]) -> Optional[np.ndarray]:
+    """Union of the annotation's regions of our control, at the image's original size."""
+    mask = None
+    for r in results:
+        if not isinstance(r, dict) or r.get("from_name") != cfg.from_name:
+            continue
+        h, w = r.get("original_height"), r.get("original_width")
+        value = r.get("value") or {}
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+            continue
+        try:
+            if r.get("type") == "brushlabels" and value.get("rle"):
+                part = rle_to_mask(value["rle"], h, w)
+            elif r.get("type") == "polygonlabels" and value.get("points"):
+                part = _polygon_mask(value["points"], h, w)
+            else:
+                continue
+        except (ValueError, TypeError) as exc:
+            log.warning("skipping an unreadable %s region: %s", r.get("type"), exc)
+            continue
+        mask = part if mask is None else (mask | part) if mask.shape == part.shape else mask
+    return mask
+
+
+def _polygon_mask(points, h: int, w: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("1", (w, h), 0)
+    ImageDraw.Draw(img).polygon([(float(x) / 100.0 * w, float(y) / 100.0 * h) for x, y in points], fill=1)
+    return np.asarray(img, dtype=bool)
