@@ -145,4 +145,8 @@ def build_model(cfg: RefSegConfig):
     """Build a `RefSegModel` (pretrained parts loaded from their checkpoints; trainable parts freshly initialised)."""
     from .modeling.refseg import RefSegModel
 
-    return RefSegModel(resolve_weights(cfg))
+    model = RefSegModel(resolve_weights(cfg))
+    # Keep the config as given (relative SAM file, hub name), not the resolved local paths: a checkpoint must
+    # load where $REFSEG_WEIGHTS_DIR lives elsewhere (trained in one container, served from another).
+    model.cfg = copy.deepcopy(cfg)
+    return model

@@ -104,8 +104,12 @@ def read_checkpoint_meta(path: Union[str, Path]) -> Dict[str, Any]:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_file}: invalid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{cfg_file}: no model 'config' object")
     return meta
 
 
@@ -115,12 +119,18 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
 
     path = Path(path)
     meta = read_checkpoint_meta(path)
-    cfg = RefSegConfig.from_dict(meta["config"])
-    model = build_model(cfg)
+    try:
+        cfg = RefSegConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE}: invalid model config ({exc})") from exc
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{path}: {WEIGHTS_FILE} missing")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own SafetensorError (not a ValueError) for bad files
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    model = build_model(cfg)
     expected = checkpoint_state(model)
     unexpected = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))

@@ -110,6 +110,14 @@ class SamSegmenter(nn.Module):
         state = load_state_dict_file(path)
         # The official file carries SAM's pixel statistics (0-255 scale, shape 3x1x1); ours are fixed buffers.
         state = {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
+        own = self.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise ValueError(
+                f"{path} does not match the configured SAM ({len(wrong)} tensors of another shape, e.g. "
+                f"{wrong[:3]}): check the preset's SAM variant"
+            )
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if k not in ("pixel_mean", "pixel_std")]
         if missing or unexpected:

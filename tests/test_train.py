@@ -1,0 +1,231 @@
+"""Training on the `tiny` preset: a short run learns and writes a checkpoint, an interrupted run resumes, and
+`torchrun --nproc_per_node 2` (gloo, CPU) trains with DDP through the `refseg train` command.
+
+Data: a small synthetic interchange-layout set (64 px scenes, the tiny model's input size).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from refseg_model.checkpoint import load_checkpoint, load_model
+from refseg_model.data.public import load_sample_mask, load_samples
+from refseg_model.data.synth import write_dataset
+from refseg_model.imageio import load_image
+from refseg_model.modeling.loss import refseg_loss
+from refseg_model.train import TrainConfig, collate, train
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("synth64")
+    n = write_dataset(d, n_images=10, size=64, expressions_per_image=2, seed=1, progress=False)
+    assert n == 20
+    assert len(load_samples(str(d), "train")) >= 8 and load_samples(str(d), "val")
+    return d
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _segmentation_loss(model, data: Path) -> float:
+    """5 BCE + 5 Dice (the paper's mask terms) of `model` on the whole train split, eval mode, no augmentation."""
+    samples = load_samples(str(data), "train")
+    items = [(load_image(s.image), load_sample_mask(s), s.expression) for s in samples]
+    images, target, valid, exprs = collate(items, model.image_size, torch.device("cpu"))
+    tok = model.encoder.tokenize(exprs)
+    model.eval()
+    with torch.no_grad():
+        parts = refseg_loss(model, model(images, tok["input_ids"], tok["attention_mask"]), target, valid,
+                            model.cfg.loss)
+    return float(5 * parts["bce"] + 5 * parts["dice"])
+
+
+def _state(out: Path) -> dict:
+    return torch.load(out.with_name(out.name + ".train") / "state.pt", map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------- short run
+def test_tiny_training_lowers_loss_and_writes_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "ckpt"
+    cfg = TrainConfig(data=str(data_dir), out=str(out), init="preset:tiny", steps=40, batch_size=4, lr=3e-3,
+                      eval_every=20, augment=False, progress=False, threads=1, seed=0, resume=False)
+    torch.manual_seed(cfg.seed)  # train() seeds the same way before building the preset: the same initial weights
+    initial, _ = load_model("preset:tiny")
+    before = _segmentation_loss(initial, data_dir)
+
+    result = train(cfg)
+
+    assert result.steps == 40 and result.version == "tiny-trained" and result.out == out
+    assert [h["step"] for h in result.history] == [20, 40]
+    assert all("val_gIoU" in h and "loss" in h for h in result.history)
+    # the final weights (resume state) fit the training data better than the initial ones
+    last, _ = load_checkpoint(out.with_name("ckpt.train") / "last")
+    after = _segmentation_loss(last, data_dir)
+    assert after < 0.8 * before, (before, after)
+
+    # the selected checkpoint: a full `tiny` checkpoint with its provenance
+    meta = json.loads((out / "config.json").read_text())
+    assert (out / "model.safetensors").is_file()
+    assert meta["format"] == "refseg-ckpt/1" and meta["version"] == "tiny-trained" and meta["stores"] == "full"
+    assert meta["config"]["name"] == "tiny"
+    md = meta["metadata"]
+    assert md["base"] == "tiny-init" and md["data"] == str(data_dir)
+    assert md["step"] == result.best["step"] and md["step"] in (20, 40)
+    assert set(md["val"]) >= {"n", "gIoU", "cIoU", "Pr@0.5", "Pr@0.9"} and md["val"]["n"] == len(load_samples(str(data_dir), "val"))
+    assert md["train"]["steps"] == 40 and md["train"]["init"] == "preset:tiny"
+    model, meta2 = load_checkpoint(out)
+    assert meta2["version"] == "tiny-trained"
+    # state for resuming: done
+    st = _state(out)
+    assert (st["step"], st["total"], st["data"]) == (40, 40, str(data_dir))
+    assert json.loads((out.with_name("ckpt.train") / "history.json").read_text()) == result.history
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+def test_interrupted_training_resumes(tmp_path, data_dir, capsys):
+    from refseg_model.cli import main
+
+    out = tmp_path / "ckpt"
+    state_file = tmp_path / "ckpt.train" / "state.pt"
+    argv = ["train", "--data", str(data_dir), "--init", "preset:tiny", "--out", str(out), "--steps", "8",
+            "--batch-size", "4", "--eval-every", "2", "--max-val", "2", "--threads", "1", "--no-augment"]
+    proc = subprocess.Popen([sys.executable, "-m", "refseg_model.cli", *argv], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not state_file.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # as abrupt as a lost machine: no cleanup runs
+    finally:
+        log = proc.communicate(timeout=60)[0].decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, log
+    st = _state(out)
+    saved, history_before = st["step"], json.loads(st["history"])
+    assert saved % 2 == 0 and 2 <= saved < 8, f"the run was not interrupted midway (state at step {saved})"
+    assert [h["step"] for h in history_before] == list(range(2, saved + 1, 2))
+
+    capsys.readouterr()
+    code = main(argv)  # the same command again
+    assert code == 0
+    assert f"resuming from step {saved}/8" in capsys.readouterr().out
+    st = _state(out)
+    assert (st["step"], st["total"]) == (8, 8)
+    # the optimizer state was restored too: AdamW counted all 8 steps, not only the 8 - saved after the restart
+    assert {int(v["step"]) for v in st["optimizer"]["state"].values()} == {8}
+    history = json.loads((tmp_path / "ckpt.train" / "history.json").read_text())
+    assert [h["step"] for h in history] == [2, 4, 6, 8]  # continued, nothing repeated
+    assert history[: len(history_before)] == history_before
+    assert json.loads((out / "config.json").read_text())["metadata"]["step"] in (2, 4, 6, 8)
+
+
+def test_resume_prints_the_step_it_continues_from(tmp_path, data_dir, capsys):
+    """The resume message, and that a different run's state is not picked up."""
+    out = tmp_path / "ckpt"
+    common = dict(data=str(data_dir), out=str(out), init="preset:tiny", batch_size=2, eval_every=2, max_val=2,
+                  augment=False, progress=False, threads=1)
+    train(TrainConfig(steps=2, **common))
+    assert _state(out)["step"] == 2
+    capsys.readouterr()
+    # same data and total: nothing left to do, but the state is recognised
+    result = train(TrainConfig(steps=2, **common))
+    assert "resuming from step 2/2" in capsys.readouterr().out and result.history[-1]["step"] == 2
+    # another total: another run, started from scratch
+    result = train(TrainConfig(steps=4, **common))
+    assert "ignoring resume state" in capsys.readouterr().out
+    assert [h["step"] for h in result.history] == [2, 4]
+    # --restart (resume=False) ignores matching state silently
+    result = train(TrainConfig(steps=4, resume=False, **common))
+    assert "resuming" not in capsys.readouterr().out and [h["step"] for h in result.history] == [2, 4]
+
+
+# -------------------------------------------------------------------------------------------------- torchrun
+# Instrumentation around the unchanged `refseg` command: each rank records a digest of every batch it trains on
+# and of the weights after every optimizer step, then writes them to RANKS_DIR/rank<R>.json at exit.
+WRAPPER = r'''
+import atexit, json, os, runpy, sys
+import torch
+import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_post_hook
+import refseg_model.train as T
+
+rank, log = int(os.environ["RANK"]), {"batches": [], "weights": [], "world": None}
+_collate = T.collate
+
+def collate(items, size, device):
+    log["batches"].append([expr for _, _, expr in items])
+    return _collate(items, size, device)
+
+T.collate = collate
+
+def after_step(opt, args, kwargs):
+    params = [p for g in opt.param_groups for p in g["params"]]
+    log["weights"].append([float(sum(p.detach().double().sum() for p in params)),
+                           float(sum(p.detach().double().abs().sum() for p in params))])
+    log["world"] = dist.get_world_size() if dist.is_initialized() else 1
+
+register_optimizer_step_post_hook(after_step)
+
+@atexit.register
+def dump():
+    with open(os.path.join(os.environ["RANKS_DIR"], f"rank{rank}.json"), "w") as fh:
+        json.dump(log, fh)
+
+sys.argv = ["refseg", *sys.argv[1:]]
+runpy.run_module("refseg_model.cli", run_name="__main__", alter_sys=True)
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_gloo(tmp_path, data_dir):
+    wrapper = tmp_path / "refseg_instrumented.py"
+    wrapper.write_text(WRAPPER)
+    ranks = tmp_path / "ranks"
+    ranks.mkdir()
+    out = tmp_path / "ddp-ckpt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(wrapper),
+           "train", "--data", str(data_dir), "--init", "preset:tiny", "--out", str(out), "--steps", "3",
+           "--batch-size", "2", "--eval-every", "3", "--threads", "1", "--lr", "1e-3"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**_env(), "RANKS_DIR": str(ranks)}, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "trained 3 steps" in proc.stdout and proc.stdout.count("trained 3 steps") == 1  # rank 0 reports
+
+    logs = [json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for log in logs:
+        assert log["world"] == 2  # both processes joined one process group
+        assert len(log["batches"]) == 3 and len(log["weights"]) == 3  # ... and each ran every step
+    # each rank trained on its own shard of the data ...
+    assert logs[0]["batches"] != logs[1]["batches"]
+    # ... yet the weights stay identical after every step: gradients were all-reduced (DDP), and they moved
+    for (a, b) in zip(logs[0]["weights"], logs[1]["weights"]):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-9)
+    assert logs[0]["weights"][0] != logs[0]["weights"][-1]
+
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["version"] == "tiny-trained" and meta["metadata"]["step"] == 3
+    assert _state(out)["step"] == 3
+    model, _ = load_checkpoint(out)
+    assert model.cfg.name == "tiny"
