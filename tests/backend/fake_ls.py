@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +17,7 @@ class FakeLabelStudio:
         self.projects = {}  # id -> {"id", "label_config"}
         self.tasks = {}  # id -> task dict (with "annotations")
         self.files = {}  # path (e.g. "/data/upload/1/a.png") -> bytes
+        self.file_delay_s = 0.0  # a slow media server: makes "jobs still running" deterministic in tests
         self.predictions = []  # bodies POSTed to /api/predictions
         self.requests = []  # (method, path)
         self.access_tokens = set()  # issued by /api/token/refresh/; tests may clear it to simulate expiry
@@ -46,6 +48,7 @@ class FakeLabelStudio:
                 if not self._authorized():
                     return self._send(401, {"detail": "Authentication credentials were not provided."})
                 if u.path in fake.files:
+                    time.sleep(fake.file_delay_s)
                     return self._send(200, fake.files[u.path], "image/png")
                 parts = u.path.strip("/").split("/")
                 if parts[:2] == ["api", "projects"] and len(parts) == 3:

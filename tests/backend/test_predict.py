@@ -120,8 +120,12 @@ def test_late_batch_results_are_posted_to_label_studio(threaded_app, workers, fa
     app = threaded_app(PREDICT_BUDGET_S=0.3, BATCH_CHUNK_SIZE=1)
     tasks, _ = _add_tasks(fake_ls, 5, 500, 12)
     body = {"tasks": tasks, "project": "5.1", "label_config": CONFIG_TEXT, "params": {"context": None}}
+    fake_ls.file_delay_s = 0.25  # 12 one-task jobs on one worker take > 3 s: the 0.3 s budget cannot cover them
     t0 = time.monotonic()
-    results = requests.post(app.url + "/predict", json=body, timeout=30).json()["results"]
+    try:
+        results = requests.post(app.url + "/predict", json=body, timeout=30).json()["results"]
+    finally:
+        fake_ls.file_delay_s = 0.0
     assert time.monotonic() - t0 < 5
     assert len(results) == 12
     pending = [t["id"] for t, r in zip(tasks, results) if r.get("pending")]
