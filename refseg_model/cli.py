@@ -7,6 +7,8 @@
                    [--bands 4,3,2] [--stretch auto|none|minmax|2,98] [--geojson out.geojson]
                    [--strategy whole|auto|tile|coarse|naive] [--tile 512] [--overlap 0.25] [--min-score 0.3]
     refseg export --data SRC --to rrsis-d|refsegrs|risbench|interchange OUT [--split train]
+                  SRC also ls-json:FILE (Label Studio JSON export; --images-root DIR and/or --ls-url/--ls-token)
+                  or ls:PROJECT_ID (Label Studio API; --ls-url/--ls-token or LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY)
 """
 from __future__ import annotations
 
@@ -159,6 +161,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.data.startswith(("ls-json:", "ls:")):
+        return _export_label_studio(args)
     from .data.public import load_samples, write_samples
 
     samples = load_samples(args.data, args.split)
@@ -167,6 +171,31 @@ def cmd_export(args) -> int:
         return 2
     out = write_samples(samples, f"{args.to}:{args.out}")
     print(json.dumps({"samples": len(samples), "layout": args.to, "out": str(out)}))
+    return 0
+
+
+def _export_label_studio(args) -> int:
+    # imported here: backend/workers (web, queue and HTTP code) stay out of refseg_model's import graph
+    from backend.export import export_ls_json, export_ls_project
+
+    kind, _, src = args.data.partition(":")
+    try:
+        fractions = tuple(float(x) for x in args.splits.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3:
+        print(f"error: --splits must be three fractions like 0.8,0.1,0.1, got {args.splits!r}", file=sys.stderr)
+        return 2
+    common = dict(images_root=args.images_root, ls_url=args.ls_url, ls_token=args.ls_token, splits=fractions,
+                  only_split=args.split)
+    if kind == "ls-json":
+        report = export_ls_json(src, args.out, args.to, label_config=args.label_config, **common)
+    else:
+        report = export_ls_project(src, args.out, args.to, **common)
+    print(json.dumps(report.to_dict()))
+    if not report.samples:
+        print(f"error: no exportable annotated task in {args.data}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -261,10 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="write a data set in another layout (RRSIS-D, RefSegRS, RISBench, interchange)")
-    x.add_argument("--data", required=True, help="DIR | rrsis-d:PATH | refsegrs:PATH | risbench:PATH")
+    x.add_argument("--data", required=True,
+                   help="DIR | rrsis-d:PATH | refsegrs:PATH | risbench:PATH | ls-json:FILE | ls:PROJECT_ID")
     x.add_argument("--to", required=True, choices=["rrsis-d", "refsegrs", "risbench", "interchange"])
     x.add_argument("out", help="output folder")
     x.add_argument("--split", default=None, choices=["train", "val", "test"], help="only this split (default all)")
+    x.add_argument("--images-root", default=None,
+                   help="Label Studio sources: folder holding the task images (LS's LOCAL_FILES_DOCUMENT_ROOT)")
+    x.add_argument("--ls-url", default=None, help="Label Studio sources: LS URL (default $LABEL_STUDIO_URL)")
+    x.add_argument("--ls-token", default=None, help="Label Studio sources: API key (default $LABEL_STUDIO_API_KEY)")
+    x.add_argument("--label-config", default=None,
+                   help="ls-json: the project's label config (XML file or text; default: from LS, else inferred)")
+    x.add_argument("--splits", default="1,0,0",
+                   help="Label Studio sources: train,val,test fractions assigned per task (default all train)")
     x.set_defaults(func=cmd_export)
 
     sub.add_parser("presets", help="list model presets").set_defaults(func=cmd_presets)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# End-to-end test against a real Label Studio 1.23.2 (tests/e2e): creates .e2e/lsenv (Label Studio in its own
+# virtualenv, ~1 GB, needs PyPI once), starts Label Studio, redis-server, RQ workers and gunicorn on 127.0.0.1,
+# runs the checks through Label Studio's API and stops everything. Extra arguments go to pytest.
+#   REFSEG_E2E_REQUIRE=1   fail (instead of skip) when Label Studio cannot be installed (for CI)
+#   REFSEG_E2E_LSENV=DIR   use/create the Label Studio virtualenv there
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest -q -m e2e tests/e2e -p no:cacheprovider "$@"
