@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LS_VERSION = "1.23.2"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # the LS admin's fixed legacy API token
 ML_TIMEOUT_PREDICT = 8  # LS's read timeout for /predict, the interactive call and START_TRAINING (s)
-PREDICT_BUDGET_S = 2  # the backend answers /predict within this; the rest is POSTed to LS later
+PREDICT_BUDGET_S = 0.5  # the backend answers /predict within this; the rest is POSTed to LS later
 INTERACTIVE_TIMEOUT_S = 6
 E2E_HELP = "end-to-end test against a real Label Studio: run `bash scripts/e2e.sh` (or `pytest -m e2e tests/e2e`)"
 

@@ -34,7 +34,7 @@ CONFIG = """<View>
   <BrushLabels name="mask" toName="image"><Label value="target" background="#ff0000"/></BrushLabels>
 </View>"""
 N_SMALL = 6  # project A: predictions, interactive, annotations, training, export
-N_BIG = 30  # project B: one "Retrieve predictions" that outlasts ML_TIMEOUT_PREDICT
+N_BIG = 60  # project B: one "Retrieve predictions" that outlasts ML_TIMEOUT_PREDICT
 N_ANNOTATED = 4
 S: dict = {}  # state shared by the steps
 
