@@ -47,9 +47,15 @@ def _data_key(value: Optional[str]) -> Optional[str]:
     return None
 
 
-@functools.lru_cache(maxsize=64)
 def parse_label_config(xml: str) -> ProjectConfig:
-    if not isinstance(xml, str) or not xml.strip():
+    if not isinstance(xml, str):  # e.g. a JSON list or object in the request: not cacheable, not a config
+        raise LabelConfigError(f"the label config must be an XML string, not {type(xml).__name__}")
+    return _parse_label_config(xml)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_label_config(xml: str) -> ProjectConfig:
+    if not xml.strip():
         raise LabelConfigError("the project has no label config")
     try:
         li = LabelInterface(xml)
@@ -129,12 +135,17 @@ def task_expression(cfg: ProjectConfig, task: dict, context: Optional[dict] = No
 
 def textarea_text(cfg: ProjectConfig, results: list) -> Optional[str]:
     """First non-empty text of a `textarea` item in a result list; items of our TextArea come first."""
+    if not isinstance(results, list):  # request JSON of any shape: only a list of result items counts
+        return None
     items = [r for r in results if isinstance(r, dict) and r.get("type") == "textarea"]
     items.sort(key=lambda r: r.get("from_name") != cfg.textarea_name)
     for item in items:
-        texts = (item.get("value") or {}).get("text") or []
+        value = item.get("value")
+        texts = value.get("text") if isinstance(value, dict) else None
         if isinstance(texts, str):
             texts = [texts]
+        if not isinstance(texts, list):
+            continue
         for t in texts:
             if isinstance(t, str) and t.strip():
                 return t.strip()

@@ -28,7 +28,7 @@ from rq.serializers import JSONSerializer
 
 from .labelconfig import ProjectConfig, task_expression
 from .queues import (BATCH, INTERACTIVE, JOB_PREDICT_INTERACTIVE, JOB_PREDICT_TASKS, PENDING_TTL_S, POSTED,
-                     RESULT_TTL_S, done_key, get_queue, give_up, pending_key, take)
+                     RESULT_TTL_S, done_key, get_queue, give_up, job_alive, pending_key, take)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class PredictService:
         if not job_ids:
             return posted
         jobs = Job.fetch_many(job_ids, connection=self.rq_conn, serializer=JSONSerializer)
-        alive = {jid for jid, job in zip(job_ids, jobs) if job is not None and job.get_status(refresh=False) in ALIVE}
+        alive = {jid for jid, job in zip(job_ids, jobs) if job_alive(self.state, job, ALIVE)}
         dead = [pending_key(project, tid) for tid, job in markers.items() if job not in alive]
         if dead:
             self.state.delete(*dead)  # their job died: predict them again
@@ -210,12 +210,20 @@ class PredictService:
         ids = list(by_id)
         for job_id, job in zip(ids, Job.fetch_many(ids, connection=self.rq_conn, serializer=JSONSerializer)):
             status = job.get_status(refresh=False) if job is not None else None
-            if status in ALIVE or status == JobStatus.FINISHED:
+            if status == JobStatus.FINISHED or job_alive(self.state, job, ALIVE):
                 continue  # FINISHED: its results are in the done list already
             chunk = by_id.pop(job_id)
-            if give_up(self.state, job_id) is not None:
-                continue  # cannot happen for a failed job; keep the hand-off consistent anyway
-            reason = "job lost" if job is None else f"worker job {status}"
+            results = give_up(self.state, job_id)
+            if results is not None:  # delivered just before its worker died
+                self._fill(out, chunk, results)
+                continue
+            if job is None:
+                reason = "job lost"
+            elif status in ALIVE:
+                reason = (f"the worker running it ({job.worker_name}) died (killed or crashed); "
+                          "retrieve predictions again to retry")
+            else:
+                reason = f"worker job {status}"
             if job is not None and status == JobStatus.FAILED:
                 exc = (job.latest_result().exc_string if job.latest_result() else "") or ""
                 reason += f": {exc.strip().splitlines()[-1] if exc.strip() else 'unknown error'}"

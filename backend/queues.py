@@ -16,6 +16,7 @@ from typing import Optional
 
 import redis
 from rq import Queue
+from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 INTERACTIVE, BATCH, TRAIN = "interactive", "batch", "train"
@@ -44,6 +45,30 @@ def rq_connection(url: str) -> redis.Redis:
 def state_connection(url: str) -> redis.Redis:
     """Connection for the backend's own keys (str responses)."""
     return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, health_check_interval=30)
+
+
+# Worker liveness: every worker refreshes `refseg:worker:<name>:alive` (TTL WORKER_ALIVE_TTL_S) from a thread. RQ
+# only notices a SIGKILLed SimpleWorker's job when its registry entry expires (job timeout + 60 s: 31 minutes for
+# a batch job); /predict checks this key instead, so a task whose worker died is predicted again at once.
+WORKER_ALIVE_TTL_S = 15
+WORKER_ALIVE_EVERY_S = 3.0
+
+
+def worker_alive_key(name: str) -> str:
+    return f"refseg:worker:{name}:alive"
+
+
+def job_alive(state: redis.Redis, job, alive_statuses) -> bool:
+    """Whether an RQ job (or None) may still finish: queued/deferred/scheduled, or started by a living worker.
+    A started job whose worker name is unknown counts as alive (no evidence it died)."""
+    if job is None:
+        return False
+    status = job.get_status(refresh=False)
+    if status not in alive_statuses:
+        return False
+    if status == JobStatus.STARTED and getattr(job, "worker_name", None):
+        return bool(state.exists(worker_alive_key(job.worker_name)))
+    return True
 
 
 def get_queue(conn: redis.Redis, name: str) -> Queue:

@@ -70,8 +70,9 @@ def count_annotation(state: redis.Redis, project: str, every_n: int) -> bool:
 def request_finetune(state: redis.Redis, project: str, enqueue: Callable[[str], None], job_alive: Callable[[str], bool],
                      queued_ttl_s: int = 7 * 24 * 3600) -> str:
     """Ask for a fine-tune of `project`. `enqueue(job_id)` puts the job on the train queue; `job_alive(job_id)`
-    tells whether RQ still has that job queued or running (a stale marker, e.g. after a crash between the
-    marker and the enqueue, is cleared and the request retried once)."""
+    tells whether RQ still has that job queued or running on a living worker (a stale marker, e.g. after a crash
+    between the marker and the enqueue, or of a job whose worker was killed, is cleared and the request retried
+    once)."""
     keys = _keys(project)
     for _ in range(2):
         job_id = new_job_id(project)
@@ -83,11 +84,13 @@ def request_finetune(state: redis.Redis, project: str, enqueue: Callable[[str], 
                 state.delete(keys[0])
                 raise
             return ENQUEUE
-        if outcome == ALREADY_QUEUED:
-            queued = state.get(keys[0])
-            if queued and not job_alive(queued):
+        # a stale marker: the job it names is gone, or its worker died (SIGKILL, OOM) and will never finish it
+        stale_key = {ALREADY_QUEUED: keys[0], RERUN_REQUESTED: keys[1]}.get(outcome)
+        if stale_key is not None:
+            marked = state.get(stale_key)
+            if marked and not job_alive(marked):
                 state.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end", 1,
-                           keys[0], queued)
+                           stale_key, marked)
                 continue
         return outcome
     return outcome

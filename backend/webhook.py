@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from . import training
 from .labelconfig import project_id
 from .predict import ALIVE
-from .queues import enqueue_finetune
+from .queues import enqueue_finetune, job_alive
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ class WebhookService:
         if action not in ANNOTATION_ACTIONS and action != TRAIN_ACTION:
             return {"status": "ignored", "action": action}, 200
         try:
-            project = project_id(payload.get("project") or (payload.get("annotation") or {}).get("project"))
-        except (ValueError, AttributeError) as exc:
+            annotation = payload.get("annotation") if isinstance(payload.get("annotation"), dict) else {}
+            project = project_id(payload.get("project") or annotation.get("project"))
+        except ValueError as exc:
             raise WebhookError(f"{action}: {exc}") from None
 
         if action == TRAIN_ACTION:
@@ -66,5 +67,5 @@ class WebhookService:
 
     def _job_alive(self, job_id: str) -> bool:
         job = Job.fetch_many([job_id], connection=self.rq_conn, serializer=JSONSerializer)[0]
-        return job is not None and job.get_status(refresh=False) in ALIVE
+        return job_alive(self.state, job, ALIVE)
 

@@ -11,11 +11,13 @@ import argparse
 import logging
 import os
 import socket
+import threading
 
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from backend.queues import QUEUES, get_queue, rq_connection
+from backend.queues import (QUEUES, WORKER_ALIVE_EVERY_S, WORKER_ALIVE_TTL_S, get_queue, rq_connection,
+                            state_connection, worker_alive_key)
 from backend.settings import Settings
 
 
@@ -52,8 +54,35 @@ def main(argv=None) -> int:
         rt.models.get(rt.versions.base.checkpoint)  # warm before the first job (most projects use the base)
     worker = SimpleWorker([get_queue(conn, q) for q in names], connection=conn, serializer=JSONSerializer,
                           name=args.name or f"refseg-{socket.gethostname()}-{os.getpid()}")
+    _start_liveness(settings.redis_url, worker.name, log)
     worker.work(burst=args.burst, logging_level=settings.log_level)
     return 0
+
+
+def _start_liveness(redis_url: str, name: str, log) -> threading.Thread:
+    """Refresh this worker's liveness key from a daemon thread, also while a job runs (SimpleWorker runs jobs
+    in this process and sends no heartbeat of its own during them). The key vanishes WORKER_ALIVE_TTL_S after
+    the process dies, however it dies; /predict then stops waiting for its job (backend.queues.job_alive)."""
+    state = state_connection(redis_url)
+    key = worker_alive_key(name)
+
+    def beat():
+        failing = False
+        while True:
+            try:
+                state.set(key, str(os.getpid()), ex=WORKER_ALIVE_TTL_S)
+                if failing:
+                    log.info("liveness key refreshed again")
+                failing = False
+            except Exception as exc:  # Redis down: keep trying, the worker itself reconnects too
+                if not failing:
+                    log.warning("cannot refresh the liveness key: %s", exc)
+                failing = True
+            threading.Event().wait(WORKER_ALIVE_EVERY_S)
+
+    thread = threading.Thread(target=beat, name="refseg-liveness", daemon=True)
+    thread.start()
+    return thread
 
 
 if __name__ == "__main__":
