@@ -28,7 +28,7 @@ from rq.serializers import JSONSerializer
 
 from .labelconfig import ProjectConfig, task_expression
 from .queues import (BATCH, INTERACTIVE, JOB_PREDICT_INTERACTIVE, JOB_PREDICT_TASKS, PENDING_TTL_S, POSTED,
-                     RESULT_TTL_S, done_key, get_queue, give_up, job_alive, pending_key, take)
+                     RESULT_TTL_S, done_key, get_queue, give_up, job_alive, pending_key, posted_marker, take)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class PredictService:
         version = self.versions.current(project).version
         out: List[Optional[dict]] = [None] * len(tasks)
         todo: List[Tuple[int, dict]] = []
-        pending = self._pending_jobs(project, tasks)
+        pending = self._pending_jobs(project, tasks, version)
         for i, task in enumerate(tasks):
             job_task, why = self._job_task(cfg, task)
             if job_task is None:
@@ -144,17 +144,18 @@ class PredictService:
             return None, "no referring expression (expected in " + " or ".join(where) + ")"
         return {"id": task_id(task), "image": image.strip(), "expression": expression}, ""
 
-    def _pending_jobs(self, project: str, tasks: List[dict]) -> set:
+    def _pending_jobs(self, project: str, tasks: List[dict], version: str) -> set:
         """Ids of tasks whose prediction an earlier /predict handed to a still-living job for late delivery,
-        or that such a job posted moments ago."""
+        or that such a job posted moments ago under the current `version` (a post under an older version does
+        not count: after a promotion the task must get a prediction of the new one)."""
         ids = [task_id(t) for t in tasks if task_id(t) is not None]
         if not ids:
             return set()
         markers = {tid: job for tid, job in zip(ids, self.state.mget([pending_key(project, t) for t in ids])) if job}
         if not markers:
             return set()
-        posted = {tid for tid, job in markers.items() if job == POSTED}
-        markers = {tid: job for tid, job in markers.items() if job != POSTED}
+        posted = {tid for tid, job in markers.items() if job == posted_marker(version)}
+        markers = {tid: job for tid, job in markers.items() if not job.startswith(POSTED)}
         job_ids = sorted(set(markers.values()))
         if not job_ids:
             return posted

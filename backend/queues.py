@@ -28,8 +28,12 @@ DONE_TTL_S = 3600
 PENDING_TTL_S = 6 * 3600
 # After a worker posts a late prediction, its task's pending marker says "posted" for a while: an LS request
 # built before the post landed would otherwise predict (and store) the task a second time.
-POSTED = "posted"
+POSTED = "posted"  # marker value "posted:<model version>": delivered late under that version
 POSTED_GRACE_S = 120
+
+
+def posted_marker(version: str) -> str:
+    return f"{POSTED}:{version}"
 RESULT_TTL_S = 600  # RQ's own result record: only for inspection, results travel through the hand-off key
 
 JOB_PREDICT_TASKS = "workers.jobs.predict_tasks"

@@ -18,7 +18,7 @@ from rq import get_current_job
 from backend import stats
 from backend.labelconfig import ProjectConfig
 from backend.predict import error_result
-from backend.queues import POSTED, POSTED_GRACE_S, deliver, pending_key
+from backend.queues import POSTED_GRACE_S, deliver, pending_key, posted_marker
 from refseg_model.imageio import ImageLoadError
 
 from .media import MediaError
@@ -106,9 +106,10 @@ def _post_late(rt, project: str, tasks: List[dict], results: List[dict]) -> str:
             continue
         key = pending_key(project, task["id"])
         try:
-            rt.ls.create_prediction(task["id"], r.get("result", []), float(r.get("score", 0.0)), r["model_version"])
+            rt.ls.create_prediction(task["id"], r.get("result", []), float(r.get("score", 0.0)), r["model_version"],
+                                    project=project)
             posted += 1
-            rt.state.set(key, POSTED, ex=POSTED_GRACE_S)
+            rt.state.set(key, posted_marker(r["model_version"]), ex=POSTED_GRACE_S)
         except Exception as exc:  # LS down or task deleted: the next "Retrieve predictions" asks again
             failed += 1
             rt.state.delete(key)

@@ -119,6 +119,8 @@ class LabelStudioClient:
                 return
             page += 1
 
-    def create_prediction(self, task_id, result: list, score: float, model_version: str) -> dict:
-        return self._json("POST", "/api/predictions", json={
-            "task": task_id, "result": result, "score": score, "model_version": model_version})
+    def create_prediction(self, task_id, result: list, score: float, model_version: str, project=None) -> dict:
+        body = {"task": task_id, "result": result, "score": score, "model_version": model_version}
+        if project is not None and str(project).isdigit():
+            body["project"] = int(project)  # without it LS logs "project_id is not set for prediction"
+        return self._json("POST", "/api/predictions", json=body)

@@ -41,3 +41,18 @@ def test_annotation_counter(redis_url):
     state = redis.Redis.from_url(redis_url, decode_responses=True)
     assert [training.count_annotation(state, "901", 3) for _ in range(7)] == [False, False, True] * 2 + [False]
     assert not any(training.count_annotation(state, "902", 0) for _ in range(5))  # 0 = only START_TRAINING
+
+
+def test_a_late_post_under_an_older_version_does_not_hold_the_task(redis_url):
+    """After a promotion, a task whose late prediction was posted under the old version must be predicted again
+    (otherwise "Retrieve predictions" would answer a placeholder and nothing would deliver the new version)."""
+    from backend.predict import PredictService
+    from backend.queues import pending_key, posted_marker
+
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    service = PredictService(settings=None, rq_conn=state, state=state, versions=None, metrics=None)
+    state.set(pending_key("77", 1), posted_marker("v1"), ex=60)
+    state.set(pending_key("77", 2), posted_marker("v2"), ex=60)
+    tasks = [{"id": 1}, {"id": 2}, {"id": 3}]
+    assert service._pending_jobs("77", tasks, "v2") == {2}
+    assert service._pending_jobs("77", tasks, "v1") == {1}
