@@ -58,3 +58,51 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+
+
+def save_sharpened_tiny(path, version: str) -> str:
+    """The `tiny` preset with fixed weights, saved as a checkpoint (what the workers load). Random weights give
+    near-constant masks: the last decoder layer is sharpened so that masks and scores vary with the input."""
+    import torch
+
+    from refseg_model.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model, _ = load_model("preset:tiny")
+    last = model.sam.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
+    with torch.no_grad():
+        last.weight.mul_(20)
+        last.bias.mul_(20)
+    return str(save_checkpoint(model, path, version))
+
+
+def start_redis(directory, port: int = 0, appendonly: bool = False):
+    """A redis-server on 127.0.0.1 (free port unless given), data in `directory`; returns (process, url).
+    Raises FileNotFoundError when redis-server is not installed."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise FileNotFoundError("redis-server not installed (run scripts/bootstrap.sh)")
+    port = port or free_port()
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)]
+    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if appendonly else ["--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    conn = redis.Redis.from_url(url)
+
+    def up():
+        try:
+            return conn.ping()
+        except redis.exceptions.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 15, "redis-server")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, url

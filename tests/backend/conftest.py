@@ -5,7 +5,6 @@ Everything listens on 127.0.0.1."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_support import free_port, wait_for
+from backend_support import free_port, save_sharpened_tiny, start_redis, wait_for
 from fake_ls import TOKEN, FakeLabelStudio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,18 +27,7 @@ def tmp_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_root):
-    import torch
-
-    from refseg_model.checkpoint import load_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model, _ = load_model("preset:tiny")
-    # random weights give near-constant masks: sharpen the last layer so masks and scores vary
-    last = model.sam.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
-    with torch.no_grad():
-        last.weight.mul_(20)
-        last.bias.mul_(20)
-    return str(save_checkpoint(model, tmp_root / "base-ckpt", "tiny-test"))
+    return save_sharpened_tiny(tmp_root / "base-ckpt", "tiny-test")
 
 
 @pytest.fixture(scope="session")
@@ -54,26 +42,12 @@ def local_predictor(tiny_checkpoint):
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_root):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not installed (run scripts/bootstrap.sh)")
-    port = free_port()
     d = tmp_root / "redis"
     d.mkdir()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    url = f"redis://127.0.0.1:{port}/0"
-    conn = redis.Redis.from_url(url)
-
-    def up():
-        try:
-            return conn.ping()
-        except redis.exceptions.ConnectionError:
-            return False
-
-    wait_for(up, 15, "redis-server")
+    try:
+        proc, url = start_redis(d)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
     yield url
     proc.terminate()
     proc.wait(10)

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from e2e_support import (E2E_HELP, INTERACTIVE_TIMEOUT_S, LS_VERSION, ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, ROOT,
-                         TOKEN, free_port, wait_for)
+                         TOKEN, free_port, save_sharpened_tiny, start_redis, wait_for)
 
 PY = sys.executable
 
@@ -210,43 +210,18 @@ def label_studio(ls_venv, e2e_root, docroot):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(e2e_root):
-    """The tiny preset with fixed weights (sharpened last layer so that masks vary), saved once."""
-    import torch
-
-    from refseg_model.checkpoint import load_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model, _ = load_model("preset:tiny")
-    last = model.sam.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
-    with torch.no_grad():
-        last.weight.mul_(20)
-        last.bias.mul_(20)
-    return str(save_checkpoint(model, e2e_root / "base-ckpt", "tiny-e2e"))
+    return save_sharpened_tiny(e2e_root / "base-ckpt", "tiny-e2e")
 
 
 @pytest.fixture(scope="session")
 def redis_url(e2e_root):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not installed (run scripts/bootstrap.sh)")
-    import redis
-
-    port = free_port()
     d = e2e_root / "redis"
     d.mkdir()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    conn = redis.Redis.from_url(url)
-
-    def up():
-        try:
-            return conn.ping()
-        except redis.exceptions.ConnectionError:
-            return False
-
     try:
-        wait_for(up, 15, "redis-server")
+        proc, url = start_redis(d)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
         yield url
     finally:
         _stop(proc)

@@ -1,8 +1,7 @@
 """Constants and helpers shared by tests/e2e (a uniquely named module: `conftest` is taken by tests/backend)."""
 from __future__ import annotations
 
-import socket
-import time
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,17 +13,7 @@ INTERACTIVE_TIMEOUT_S = 6
 E2E_HELP = "end-to-end test against a real Label Studio: run `bash scripts/e2e.sh` (or `pytest -m e2e tests/e2e`)"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the backend tests' helpers (tests/backend is not a package: its modules are imported top-level)
+sys.path.insert(0, str(ROOT / "tests" / "backend"))
+from backend_support import free_port, save_sharpened_tiny, start_redis, wait_for  # noqa: E402,F401
 
-
-def wait_for(check, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

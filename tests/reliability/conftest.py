@@ -15,17 +15,9 @@ def rel_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rel_checkpoint(rel_root):
     """The tiny preset with sharpened last layer, as in tests/backend (masks vary with the input)."""
-    import torch
+    from backend_support import save_sharpened_tiny
 
-    from refseg_model.checkpoint import load_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model, _ = load_model("preset:tiny")
-    last = model.sam.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
-    with torch.no_grad():
-        last.weight.mul_(20)
-        last.bias.mul_(20)
-    return str(save_checkpoint(model, rel_root / "base-ckpt", "tiny-test"))
+    return save_sharpened_tiny(rel_root / "base-ckpt", "tiny-test")
 
 
 @pytest.fixture(scope="session")

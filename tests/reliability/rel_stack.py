@@ -20,7 +20,7 @@ BACKEND_TESTS = ROOT / "tests" / "backend"
 if str(BACKEND_TESTS) not in sys.path:  # tests/backend is not a package: its helpers are top-level modules
     sys.path.insert(0, str(BACKEND_TESTS))
 
-from backend_support import free_port, wait_for  # noqa: E402
+from backend_support import free_port, start_redis, wait_for  # noqa: E402
 from fake_ls import TOKEN  # noqa: E402
 
 PY = sys.executable
@@ -61,12 +61,7 @@ class Stack:
 
     # ------------------------------------------------------------------------------------------------ redis
     def start_redis(self) -> None:
-        exe = shutil.which("redis-server")
-        self.redis_log = open(self.root / "redis.log", "a")
-        self.redis_proc = subprocess.Popen(
-            [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "everysec", "--dir", str(self.redis_dir)], stdout=self.redis_log, stderr=subprocess.STDOUT)
-        wait_for(self.redis_up, 15, "redis-server")
+        self.redis_proc, _ = start_redis(self.redis_dir, port=self.redis_port, appendonly=True)
 
     def redis_up(self) -> bool:
         import redis
@@ -79,7 +74,6 @@ class Stack:
     def stop_redis(self) -> None:
         self.redis_proc.terminate()
         self.redis_proc.wait(15)
-        self.redis_log.close()
 
     def state(self):
         import redis
