@@ -18,13 +18,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
-
-import numpy as np
 
 from backend import stats, training
-from backend.brush import rle_to_mask
-from backend.labelconfig import LabelConfigError, ProjectConfig, parse_label_config, textarea_text
+from backend.export import task_sample
+from backend.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
 from backend.queues import enqueue_finetune
 from backend.versions import new_version_name
 
@@ -137,10 +134,11 @@ def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
     (root / "masks").mkdir()
     records = []
     for task in rt.ls.labeled_tasks(project):
-        sample = _task_sample(cfg, task)
+        sample, why = task_sample(cfg, task)  # one definition of "the sample of a task", shared with export
         if sample is None:
+            log.debug("project %s task %s: skipped, %s", project, task.get("id"), why)
             continue
-        mask, expression = sample
+        mask, expression, _ = sample
         url = (task.get("data") or {}).get(cfg.image_key)
         try:
             image = rt.media.image(url, task.get("id"))
@@ -170,57 +168,3 @@ def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
     return len(records)
 
 
-def _task_sample(cfg: ProjectConfig, task: dict) -> Optional[Tuple[np.ndarray, str]]:
-    annotation = _pick_annotation(task.get("annotations") or [])
-    if annotation is None:
-        return None
-    results = annotation.get("result") or []
-    mask = _annotation_mask(cfg, results)
-    if mask is None or not mask.any():
-        return None
-    expression = textarea_text(cfg, results)
-    if not expression and cfg.text_key:
-        value = (task.get("data") or {}).get(cfg.text_key)
-        expression = value.strip() if isinstance(value, str) else None
-    if not expression:
-        return None
-    return mask, expression
-
-
-def _pick_annotation(annotations: List[dict]) -> Optional[dict]:
-    usable = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result")]
-    if not usable:
-        return None
-    return max(usable, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""), a.get("id") or 0))
-
-
-def _annotation_mask(cfg: ProjectConfig, results: List[dict]) -> Optional[np.ndarray]:
-    """Union of the annotation's regions of our control, at the image's original size."""
-    mask = None
-    for r in results:
-        if not isinstance(r, dict) or r.get("from_name") != cfg.from_name:
-            continue
-        h, w = r.get("original_height"), r.get("original_width")
-        value = r.get("value") or {}
-        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-            continue
-        try:
-            if r.get("type") == "brushlabels" and value.get("rle"):
-                part = rle_to_mask(value["rle"], h, w)
-            elif r.get("type") == "polygonlabels" and value.get("points"):
-                part = _polygon_mask(value["points"], h, w)
-            else:
-                continue
-        except (ValueError, TypeError) as exc:
-            log.warning("skipping an unreadable %s region: %s", r.get("type"), exc)
-            continue
-        mask = part if mask is None else (mask | part) if mask.shape == part.shape else mask
-    return mask
-
-
-def _polygon_mask(points, h: int, w: int) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("1", (w, h), 0)
-    ImageDraw.Draw(img).polygon([(float(x) / 100.0 * w, float(y) / 100.0 * h) for x, y in points], fill=1)
-    return np.asarray(img, dtype=bool)

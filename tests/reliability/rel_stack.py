@@ -5,7 +5,6 @@ Helpers shared with tests/backend (fake Label Studio, images, wait_for) are impo
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
