@@ -61,6 +61,7 @@ class Settings:
     local_files_document_root: str = ""
     media_allowed_hosts: Tuple[str, ...] = ()  # hosts (besides LS's) task images may be downloaded from; "*" = any public
     media_max_bytes: int = 100 * 1024 * 1024
+    media_max_pixels: int = 150_000_000  # task images larger than this are refused before decoding (~0.4 GiB RGB)
     media_timeout_s: float = 30.0
     verify_ssl: bool = True
     log_level: str = "INFO"
@@ -96,6 +97,7 @@ class Settings:
             ),
             media_allowed_hosts=hosts,
             media_max_bytes=_int(env, "MEDIA_MAX_BYTES", cls.media_max_bytes),
+            media_max_pixels=max(1, _int(env, "MEDIA_MAX_PIXELS", cls.media_max_pixels)),
             media_timeout_s=_float(env, "MEDIA_TIMEOUT_S", cls.media_timeout_s),
             verify_ssl=_bool(env, "VERIFY_SSL", True),
             log_level=_env(env, "LOG_LEVEL", default=cls.log_level).upper(),

@@ -57,6 +57,22 @@ def _open(source: ImageSource) -> Image.Image:
     return img
 
 
+def image_dimensions(source: ImageSource) -> Tuple[int, int]:
+    """(width, height) from the file header alone (nothing decoded): lets a service refuse a huge image before
+    it holds it in memory. Raises ImageLoadError for data that is not an image."""
+    if isinstance(source, np.ndarray):
+        return int(source.shape[1]), int(source.shape[0])
+    if isinstance(source, Image.Image):
+        return source.size
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source)) as img:
+            return img.size
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ImageLoadError(f"cannot decode image: {exc}") from exc
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr

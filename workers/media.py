@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import numpy as np
 import requests
 
-from refseg_model.imageio import load_image
+from refseg_model.imageio import ImageLoadError, image_dimensions, load_image
 
 from .lsclient import LabelStudioClient
 
@@ -45,13 +45,21 @@ class MediaFetcher:
         self.doc_root = Path(settings.local_files_document_root).resolve() if settings.local_files_document_root else None
         self.allowed = set(settings.media_allowed_hosts)
         self.max_bytes = int(settings.media_max_bytes)
+        self.max_pixels = int(settings.media_max_pixels)
         self.timeout = (5.0, float(settings.media_timeout_s))
         self.verify = settings.verify_ssl
         self.session = requests.Session()
 
     def image(self, url: str, task_id=None) -> np.ndarray:
         """H x W x 3 uint8 (raises MediaError, or refseg_model.imageio.ImageLoadError for undecodable data)."""
-        return load_image(self.fetch(url, task_id))
+        data = self.fetch(url, task_id)
+        w, h = image_dimensions(data)  # header only: refuse before decoding (3 bytes per pixel once decoded)
+        if w * h > self.max_pixels:
+            raise ImageLoadError(
+                f"image of {w}x{h} pixels exceeds MEDIA_MAX_PIXELS={self.max_pixels} (it would take "
+                f"{3 * w * h / 2**30:.1f} GiB decoded in the worker); downscale it for annotation, or segment the "
+                f"full scene with `refseg predict --strategy auto`")
+        return load_image(data)
 
     # -------------------------------------------------------------------------------------------- routing
     def fetch(self, url: str, task_id=None) -> bytes:

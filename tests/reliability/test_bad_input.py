@@ -120,7 +120,10 @@ def _image_variants():
         "corrupt": (b"\x00\x01garbage, not an image" * 10, "image"),
         "truncated png": (good_png[: len(good_png) // 2], "image"),
         "empty": (b"", "image"),
-        "bomb": (_bomb(), "exceeds the limit"),
+        "bomb": (_bomb(), "exceed"),
+        # a real-world size (20,000 x 20,000 = 400 Mpx, within the loader's limit): refused from its header by the
+        # worker's MEDIA_MAX_PIXELS before 1.1 GiB would be decoded
+        "huge 20000x20000": (_bomb(20_000), "exceeds MEDIA_MAX_PIXELS"),
     }
 
 
