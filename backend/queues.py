@@ -30,15 +30,15 @@ PENDING_TTL_S = 6 * 3600
 # built before the post landed would otherwise predict (and store) the task a second time.
 POSTED = "posted"  # marker value "posted:<model version>": delivered late under that version
 POSTED_GRACE_S = 120
-
-
-def posted_marker(version: str) -> str:
-    return f"{POSTED}:{version}"
 RESULT_TTL_S = 600  # RQ's own result record: only for inspection, results travel through the hand-off key
 
 JOB_PREDICT_TASKS = "workers.jobs.predict_tasks"
 JOB_PREDICT_INTERACTIVE = "workers.jobs.predict_interactive"
 JOB_FINETUNE = "workers.jobs.finetune_project"
+
+
+def posted_marker(version: str) -> str:
+    return f"{POSTED}:{version}"
 
 
 def rq_connection(url: str) -> redis.Redis:
