@@ -106,3 +106,18 @@ def start_redis(directory, port: int = 0, appendonly: bool = False):
         proc.kill()
         raise
     return proc, url
+
+
+def stop_processes(procs, timeout: float = 20) -> None:
+    """SIGTERM every (process, log file) pair, then wait (SIGKILL after `timeout`) and close the logs."""
+    import subprocess
+
+    for p, _ in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p, fh in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        fh.close()

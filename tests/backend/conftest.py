@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_support import free_port, save_sharpened_tiny, start_redis, wait_for
+from backend_support import free_port, save_sharpened_tiny, start_redis, stop_processes, wait_for
 from fake_ls import TOKEN, FakeLabelStudio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,14 +99,7 @@ def workers(base_env, redis_url, tmp_root):
 
     wait_for(registered, 120, "RQ workers", 0.3)
     yield procs
-    for p, fh in procs:
-        p.terminate()
-    for p, fh in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-        fh.close()
+    stop_processes(procs, 15)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from e2e_support import (E2E_HELP, INTERACTIVE_TIMEOUT_S, LS_VERSION, ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, ROOT,
-                         TOKEN, free_port, save_sharpened_tiny, start_redis, wait_for)
+                         TOKEN, free_port, save_sharpened_tiny, start_redis, stop_processes, wait_for)
 
 PY = sys.executable
 
@@ -280,15 +280,7 @@ def backend_url(backend_env, redis_url, e2e_root):
         wait_for(up, 180, "backend (RQ workers + gunicorn)", 0.3)
         yield url
     finally:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p, fh in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-            fh.close()
+        stop_processes(procs)
 
 
 @pytest.fixture(scope="session")
