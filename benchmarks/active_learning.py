@@ -26,8 +26,6 @@ import json
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,53 +37,10 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench_stack import CONFIG, ROOT, Stack, free_port, wait
 
 TOKEN = "bench-token"
-CONFIG = ('<View><Image name="image" value="$image"/><Text name="expr" value="$expression"/>'
-          '<BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels></View>')
 ACCEPT_IOU = 0.9
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(check, timeout: float, what: str, interval: float = 0.5):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            value = check()
-        except (requests.RequestException, OSError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
-
-
-class Stack:
-    """Processes started by this benchmark, stopped by PID."""
-
-    def __init__(self, env: dict, tmp: Path) -> None:
-        self.env, self.tmp, self.procs = env, tmp, []
-
-    def start(self, *cmd, log: str):
-        with open(self.tmp / log, "w") as fh:
-            self.procs.append(subprocess.Popen(list(cmd), cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT))
-
-    def stop(self) -> None:
-        for q in reversed(self.procs):
-            q.terminate()
-        for q in self.procs:
-            try:
-                q.wait(20)
-            except subprocess.TimeoutExpired:
-                q.kill()
-        self.procs = []
 
 
 class LabelStudioStandIn:
@@ -236,7 +191,7 @@ def run_ordering(name, project, samples, n_eval, args, ls, url, state, rounds_ou
             return st if st.get("job") != before and st.get("state") in ("promoted", "rejected", "skipped",
                                                                           "failed") else None
 
-        wait(finished, 6 * 3600, "fine-tune")
+        wait(finished, 6 * 3600, "fine-tune", interval=0.5)
         st = finetune_status(state)[str(project)]
         print(f"{name:10s}   fine-tune {st.get('state')} {st.get('version', '')} in {time.monotonic() - t0:.0f} s "
               f"(held-out gIoU new {st.get('giou_new', float('nan')):.4f} vs {st.get('giou_current', float('nan')):.4f})",
@@ -310,27 +265,15 @@ def main() -> None:
            "FINETUNE_LR": str(args.finetune_lr), "FINETUNE_PROMOTE_TOLERANCE": str(args.promote_tolerance),
            "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     stack = Stack(env, tmp)
-    py = sys.executable
     rows: list = []
     try:
-        stack.start(shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "no", "--dir", str(tmp), log="redis.log")
-        stack.start(py, "-m", "workers.worker", "--queues", "interactive,batch", "--threads", str(args.threads),
-                    log="worker-infer.log")
-        stack.start(py, "-m", "workers.worker", "--queues", "train", "--threads", str(args.threads),
-                    log="worker-train.log")
-        port = free_port()
-        stack.start(py, "-m", "gunicorn", "--workers", "1", "--threads", "8", "--timeout", "0", "-b",
-                    f"127.0.0.1:{port}", "_wsgi:app", log="gunicorn.log")
-        url = f"http://127.0.0.1:{port}"
-        import redis
-        from rq import Worker
-
+        stack.start_redis()
+        stack.start_worker("interactive,batch", args.threads, log="worker-infer.log")
+        stack.start_worker("train", args.threads, log="worker-train.log")
+        url = stack.start_web(threads=8, timeout=0)
+        stack.wait_workers(2, 600)
         from backend.queues import state_connection
 
-        conn = redis.Redis.from_url(env["REDIS_URL"])
-        wait(lambda: requests.get(url + "/health", timeout=1).ok, 120, "gunicorn")
-        wait(lambda: Worker.count(connection=conn) >= 2, 600, "workers")
         state = state_connection(env["REDIS_URL"])
         for k, name in enumerate(o.strip() for o in args.orderings.split(",") if o.strip()):
             if name not in ("confidence", "random"):

@@ -12,95 +12,16 @@ Run:  PYTHONPATH=. .venv/bin/python benchmarks/backend.py [--model preset:tiny] 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CONFIG = ('<View><Image name="image" value="$image"/><Text name="expr" value="$expression"/>'
-          '<BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels></View>')
-CONFIG_PROMPT = ('<View><Image name="image" value="$image"/><TextArea name="prompt" toName="image"/>'
-                 '<BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels></View>')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(check, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def image_server(images: dict) -> str:
-    """Stands in for Label Studio's /data/upload/ (the workers download task images from it)."""
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            data = images.get(self.path)
-            self.send_response(200 if data else 404)
-            self.send_header("Content-Length", str(len(data or b"")))
-            self.end_headers()
-            self.wfile.write(data or b"")
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{srv.server_address[1]}"
-
-
-def png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def pct(xs, q) -> float:
-    return float(np.percentile(np.asarray(xs) * 1000.0, q))
-
-
-class Stack:
-    def __init__(self, env: dict, tmp: Path) -> None:
-        self.env, self.tmp, self.procs = env, tmp, []
-
-    def start(self, *cmd, log: str):
-        fh = open(self.tmp / log, "w")
-        p = subprocess.Popen(list(cmd), cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def stop(self) -> None:
-        for q in list(reversed(self.procs)):
-            q.terminate()
-            try:
-                q.wait(20)
-            except subprocess.TimeoutExpired:
-                q.kill()
-            self.procs.remove(q)
+from bench_stack import CONFIG, CONFIG_PROMPT, ROOT, Stack, free_port, image_server, pct, png
 
 
 def main() -> None:
@@ -120,7 +41,6 @@ def main() -> None:
 
 
 def bench_stack(args) -> None:
-
     tmp = Path(tempfile.mkdtemp(prefix="refseg-bench-"))
     rng = np.random.default_rng(0)
     images = {f"/data/upload/1/{i}.png": png(rng.integers(0, 255, (args.image, args.image, 3), dtype=np.uint8))
@@ -132,23 +52,11 @@ def bench_stack(args) -> None:
            "LABEL_STUDIO_API_KEY": "bench", "PREDICT_BUDGET_S": "170", "BATCH_CHUNK_SIZE": "8",
            "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     stack = Stack(env, tmp)
-    py = sys.executable
     try:
-        stack.start(shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "no", "--dir", str(tmp), log="redis.log")
-        worker_cmd = [py, "-m", "workers.worker", "--queues", "interactive,batch", "--threads", str(args.threads)]
-        stack.start(*worker_cmd, log="worker1.log")
-        port = free_port()
-        stack.start(py, "-m", "gunicorn", "--workers", "1", "--threads", "8", "--timeout", "200", "-b",
-                    f"127.0.0.1:{port}", "_wsgi:app", log="gunicorn.log")
-        url = f"http://127.0.0.1:{port}"
-
-        import redis
-        from rq import Worker
-
-        conn = redis.Redis.from_url(env["REDIS_URL"])
-        wait(lambda: requests.get(url + "/health", timeout=1).ok, 60, "gunicorn")
-        wait(lambda: Worker.count(connection=conn) >= 1, 300, "worker 1")
+        stack.start_redis()
+        stack.start_worker("interactive,batch", args.threads, log="worker1.log")
+        url = stack.start_web(threads=8, timeout=200)
+        stack.wait_workers(1, 300)
 
         import torch
 
@@ -202,8 +110,8 @@ def bench_stack(args) -> None:
                   f"({ok} predicted, {len(res)} results)")
 
         batch(1)
-        stack.start(*worker_cmd, log="worker2.log")
-        wait(lambda: Worker.count(connection=conn) >= 2, 300, "worker 2")
+        stack.start_worker("interactive,batch", args.threads, log="worker2.log")
+        stack.wait_workers(2, 300)
         time.sleep(1.0)
         batch(2)
     finally:

@@ -10,11 +10,9 @@ Run:  .venv/bin/python benchmarks/load.py [--clients 8] [--seconds 30] [--max-re
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -24,13 +22,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-# benchmarks/backend.py's stack helpers (loaded by path: the name `backend` is the service package)
-_spec = importlib.util.spec_from_file_location("bench_backend", ROOT / "benchmarks" / "backend.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+import bench_stack as bench
 
 
 def well_formed(body, n_tasks: int, size: int) -> str:
@@ -78,25 +70,14 @@ def main() -> None:
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "REFSEG_MODEL": args.model,
            "MODEL_DIR": str(tmp / "models"), "DEVICE": "cpu", "LABEL_STUDIO_URL": ls_url,
            "LABEL_STUDIO_API_KEY": "load", "PREDICT_BUDGET_S": "30", "INTERACTIVE_TIMEOUT_S": "20",
-           "BATCH_CHUNK_SIZE": "4", "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+           "BATCH_CHUNK_SIZE": "4", "LOG_LEVEL": "WARNING", "PYTHONPATH": str(bench.ROOT), "OMP_NUM_THREADS": "1"}
     stack = bench.Stack(env, tmp)
-    py = sys.executable
     try:
-        stack.start(shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind",
-                    "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp), log="redis.log")
+        stack.start_redis()
         for k in range(args.workers):
-            stack.start(py, "-m", "workers.worker", "--queues", "interactive,batch", "--threads", "1",
-                        log=f"worker{k}.log")
-        port = bench.free_port()
-        stack.start(py, "-m", "gunicorn", "--workers", "1", "--threads", str(max(8, 2 * args.clients)),
-                    "--timeout", "120", "-b", f"127.0.0.1:{port}", "_wsgi:app", log="gunicorn.log")
-        url = f"http://127.0.0.1:{port}"
-        import redis
-        from rq import Worker
-
-        conn = redis.Redis.from_url(env["REDIS_URL"])
-        bench.wait(lambda: requests.get(url + "/health", timeout=1).ok, 60, "gunicorn")
-        bench.wait(lambda: Worker.count(connection=conn) >= args.workers, 300, "workers")
+            stack.start_worker("interactive,batch", 1, log=f"worker{k}.log")
+        url = stack.start_web(threads=max(8, 2 * args.clients), timeout=120)
+        stack.wait_workers(args.workers, 300)
         paths = list(images)
         # warm-up: the first job of each worker pays for imports
         requests.post(url + "/predict", json={"tasks": [{"id": 1, "data": {"image": paths[0], "expression": "x"}}],
