@@ -121,3 +121,22 @@ def stop_processes(procs, timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
         fh.close()
+
+
+def add_annotated_project(fake_ls, project: int, first_id: int, n: int) -> None:
+    """`n` labeled tasks in the fake Label Studio: synthetic images with one submitted brush annotation each."""
+    from backend.brush import brush_region
+
+    fake_ls.projects[project] = {"id": project, "title": f"p{project}", "label_config": CONFIG_TEXT}
+    for k in range(n):
+        tid = first_id + k
+        img, mask = scene(tid)
+        path = f"/data/upload/{project}/t{tid}.png"
+        fake_ls.files[path] = png(img)
+        region = brush_region(mask, from_name="mask", to_name="image", label="target")
+        fake_ls.tasks[tid] = {
+            "id": tid, "project": project, "is_labeled": True, "total_annotations": 1,
+            "data": {"image": path, "expression": "the bright block"},
+            "annotations": [{"id": tid * 10, "task": tid, "project": project, "was_cancelled": False,
+                             "ground_truth": False, "updated_at": "2026-01-01T00:00:00Z", "result": [region]}],
+        }

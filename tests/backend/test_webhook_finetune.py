@@ -9,24 +9,7 @@ import requests
 from label_studio_sdk.converter.brush import decode_rle
 
 from backend import training
-from backend.brush import brush_region
-from backend_support import CONFIG_TEXT, png, scene, wait_for
-
-
-def _annotated_project(fake_ls, project: int, first_id: int, n: int):
-    fake_ls.projects[project] = {"id": project, "title": f"p{project}", "label_config": CONFIG_TEXT}
-    for k in range(n):
-        tid = first_id + k
-        img, mask = scene(tid)
-        path = f"/data/upload/{project}/t{tid}.png"
-        fake_ls.files[path] = png(img)
-        region = brush_region(mask, from_name="mask", to_name="image", label="target")
-        fake_ls.tasks[tid] = {
-            "id": tid, "project": project, "is_labeled": True, "total_annotations": 1,
-            "data": {"image": path, "expression": "the bright block"},
-            "annotations": [{"id": tid * 10, "task": tid, "project": project, "was_cancelled": False,
-                             "ground_truth": False, "updated_at": "2026-01-01T00:00:00Z", "result": [region]}],
-        }
+from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
 
 
 def _annotation_event(action: str, project: int, ann_id: int = 1) -> dict:
@@ -37,7 +20,7 @@ def _annotation_event(action: str, project: int, ann_id: int = 1) -> dict:
 
 def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, fake_ls, local_predictor,
                                                                  redis_url):
-    _annotated_project(fake_ls, 7, 700, 5)
+    add_annotated_project(fake_ls, 7, 700, 5)
     setup = {"project": "7.1712345678", "schema": CONFIG_TEXT, "hostname": fake_ls.url, "access_token": "x"}
     before = requests.post(gunicorn_url + "/setup", json=setup).json()["model_version"]
     assert before == "tiny-test"

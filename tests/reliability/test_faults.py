@@ -10,9 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from backend.brush import brush_region
 from backend.versions import VersionStore
-from backend_support import CONFIG_TEXT, png, scene, wait_for
+from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
 from rel_stack import Stack
 
 BUDGET_S = 6.0
@@ -116,28 +115,13 @@ def test_worker_sigkilled_mid_prediction(fstack, rel_ls):
         gated.close()
 
 
-def _annotated_project(rel_ls, project: int, first_id: int, n: int) -> None:
-    rel_ls.projects[project] = {"id": project, "title": f"p{project}", "label_config": CONFIG_TEXT}
-    for k in range(n):
-        tid = first_id + k
-        img, mask = scene(tid)
-        path = f"/data/upload/{project}/t{tid}.png"
-        rel_ls.files[path] = png(img)
-        region = brush_region(mask, from_name="mask", to_name="image", label="target")
-        rel_ls.tasks[tid] = {
-            "id": tid, "project": project, "is_labeled": True, "total_annotations": 1,
-            "data": {"image": path, "expression": "the bright block"},
-            "annotations": [{"id": tid * 10, "task": tid, "project": project, "was_cancelled": False,
-                             "ground_truth": False, "updated_at": "2026-01-01T00:00:00Z", "result": [region]}]}
-
-
 def _finetune_state(fstack, project: str) -> dict:
     raw = fstack.state().hgetall(f"refseg:stats:finetune:{project}")
     return {k: json.loads(v) for k, v in raw.items()}
 
 
 def test_unwritable_model_dir_fails_the_finetune_and_keeps_serving(fstack, rel_ls):
-    _annotated_project(rel_ls, 61, 6100, 4)
+    add_annotated_project(rel_ls, 61, 6100, 4)
     setup = {"project": "61.1", "schema": CONFIG_TEXT}
     assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test"
     blocker = fstack.model_dir / "61"
@@ -178,7 +162,7 @@ def _wait_finetune_end(fstack, project: str, since: float, timeout: float = 180)
 
 
 def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, rel_ls):
-    _annotated_project(rel_ls, 62, 6200, 4)
+    add_annotated_project(rel_ls, 62, 6200, 4)
     first = rel_ls.tasks[6200]
     gated = GatedImages(rel_ls.files[first["data"]["image"]])
     first["data"] = {**first["data"], "image": gated.url + "/t6200.png"}  # the trainer hangs downloading it
@@ -207,7 +191,7 @@ def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, rel_l
 def test_label_studio_unreachable_during_finetune_pull(fstack, rel_ls):
     from http.server import ThreadingHTTPServer as Server
 
-    _annotated_project(rel_ls, 63, 6300, 4)
+    add_annotated_project(rel_ls, 63, 6300, 4)
     setup = {"project": "63.1", "schema": CONFIG_TEXT}
     host, port = rel_ls.server.server_address
     handler = rel_ls.server.RequestHandlerClass
