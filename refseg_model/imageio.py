@@ -64,6 +64,14 @@ def image_dimensions(source: ImageSource) -> Tuple[int, int]:
         return int(source.shape[1]), int(source.shape[0])
     if isinstance(source, Image.Image):
         return source.size
+    if _is_tiff(source):  # the same reader load_image uses: TIFFs PIL cannot open still load
+        try:
+            with RasterReader(source) as reader:
+                return reader.width, reader.height
+        except ImageLoadError as exc:
+            if "exceeds the limit" in str(exc):
+                raise
+            # codecs tifffile cannot read (e.g. JPEG-in-TIFF): load_image falls back to PIL, and so do we
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source)) as img:
             return img.size

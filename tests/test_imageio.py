@@ -246,3 +246,20 @@ def test_export_cli_round_trip_with_geotiff_images(tmp_path: Path):
     assert len(load_samples(f"refsegrs:{tmp_path / 'rs'}")) == 1
     coco = json.loads((tmp_path / "rrsisd" / "instances.json").read_text())
     assert {(im["width"], im["height"]) for im in coco["images"]} == {(60, 40)}
+
+
+def test_image_dimensions_reads_headers_only_and_agrees_with_load_image(tmp_path):
+    import tifffile
+
+    from refseg_model.imageio import ImageLoadError, image_dimensions, load_image
+
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((4, 30, 40), np.uint16))  # 4-band 16-bit, planar
+    for name in ("a.png", "b.tif"):
+        path = tmp_path / name
+        h, w = load_image(path).shape[:2]
+        assert image_dimensions(path) == (w, h) == (40, 30)
+        assert image_dimensions(path.read_bytes()) == (40, 30)
+    with pytest.raises(ImageLoadError):
+        image_dimensions(b"not an image at all")
