@@ -20,14 +20,6 @@ from pathlib import Path
 from typing import List, Optional
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def cmd_synth(args) -> int:
     from .data.synth import write_dataset
 
@@ -72,7 +64,7 @@ def cmd_eval(args) -> int:
     from .data.public import load_samples
     from .evaluate import evaluate_samples
     from .metrics import format_table
-    from .predictor import RefSegPredictor
+    from .predictor import RefSegPredictor, resolve_device
 
     samples = load_samples(args.data, args.split)
     if args.limit:
@@ -80,7 +72,7 @@ def cmd_eval(args) -> int:
     if not samples:
         print(f"error: no samples in split {args.split!r} of {args.data}", file=sys.stderr)
         return 2
-    predictor = RefSegPredictor.from_spec(args.checkpoint, device=_device(args.device), cache_size=0)
+    predictor = RefSegPredictor.from_spec(args.checkpoint, device=resolve_device(args.device), cache_size=0)
     results = evaluate_samples(predictor, samples, batch_size=args.batch_size, progress=not args.quiet)
     print(format_table(results, title=f"{args.data} [{args.split}] - model {predictor.version}"))
     if args.json:
@@ -111,9 +103,9 @@ def cmd_predict(args) -> int:
             with RasterReader(args.image) as reader:
                 if max(reader.shape) > LARGE_SCENE_SIDE:
                     strategy = "auto"
-    from .predictor import RefSegPredictor
+    from .predictor import RefSegPredictor, resolve_device
 
-    predictor = RefSegPredictor.from_spec(args.checkpoint, device=_device(args.device), cache_size=1)
+    predictor = RefSegPredictor.from_spec(args.checkpoint, device=resolve_device(args.device), cache_size=1)
     info = {}
     if strategy == "whole":
         raster = load_raster(args.image, bands=bands, stretch=stretch)

@@ -37,6 +37,13 @@ class CachedImage:
     original: Tuple[int, int]
 
 
+def resolve_device(name: str) -> str:
+    """"auto" (or empty) -> "cuda" when a GPU is visible, else "cpu"; anything else is returned as given."""
+    if name in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def image_key(image: np.ndarray) -> str:
     """Content hash of an image array (shape and bytes)."""
     h = hashlib.blake2b(digest_size=16)

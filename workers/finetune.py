@@ -25,8 +25,6 @@ from backend.labelconfig import LabelConfigError, ProjectConfig, parse_label_con
 from backend.queues import enqueue_finetune
 from backend.versions import new_version_name
 
-from .model_cache import resolve_device
-
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +67,7 @@ def run_finetune(rt, project: str, job_id: str) -> dict:
 def _finetune(rt, project: str, job_id: str) -> dict:
     from refseg_model.data.interchange import read_interchange
     from refseg_model.evaluate import evaluate_samples
-    from refseg_model.predictor import RefSegPredictor
+    from refseg_model.predictor import RefSegPredictor, resolve_device
     from refseg_model.train import TrainConfig, train
 
     s = rt.settings

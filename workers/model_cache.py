@@ -14,14 +14,6 @@ from collections import OrderedDict
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str) -> str:
-    if device in ("", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class ModelCache:
     def __init__(self, device: str = "auto", capacity: int = 2, embedding_cache: int = 32) -> None:
         self.device = device
@@ -35,7 +27,7 @@ class ModelCache:
             if spec in self._models:
                 self._models.move_to_end(spec)
                 return self._models[spec]
-            from refseg_model.predictor import RefSegPredictor
+            from refseg_model.predictor import RefSegPredictor, resolve_device
 
             t0 = time.monotonic()
             self.device = resolve_device(self.device)
