@@ -85,7 +85,7 @@ class PredictService:
         for chunk in chunks:  # budget spent: the worker delivers these itself
             if all(out[i] is not None for i in chunk.indices):
                 continue
-            # markers first, hand-off second: a worker that then finds itself late overwrites them with POSTED
+            # markers first, hand-off second: a worker that then finds itself late overwrites them with posted_marker()
             keys = [pending_key(project, tid) for tid in chunk.task_ids if tid is not None]
             pipe = self.state.pipeline()
             for key in keys:
