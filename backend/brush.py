@@ -75,17 +75,40 @@ def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n = flat.size
     is_bool = flat.dtype == np.bool_
-    ne = np.empty(min(_RUN_BLOCK, max(n - 1, 0)), dtype=bool)
-    change = []
-    for a in range(0, n - 1, _RUN_BLOCK):
-        b = min(a + _RUN_BLOCK, n - 1)
-        cur = flat[a : b + 1] if is_bool else flat[a : b + 1] != 0
-        np.not_equal(cur[1:], cur[:-1], out=ne[: b - a])
-        change.append(np.flatnonzero(ne[: b - a]) + (a + 1))
+    if is_bool:
+        change = [_bool_change_points(flat)]
+    else:
+        ne = np.empty(min(_RUN_BLOCK, max(n - 1, 0)), dtype=bool)
+        change = []
+        for a in range(0, n - 1, _RUN_BLOCK):
+            b = min(a + _RUN_BLOCK, n - 1)
+            cur = flat[a : b + 1] != 0
+            np.not_equal(cur[1:], cur[:-1], out=ne[: b - a])
+            change.append(np.flatnonzero(ne[: b - a]) + (a + 1))
     bounds = np.concatenate([[0], *change, [n]]).astype(np.int64, copy=False)
     starts = bounds[:-1]
     values = flat[starts] if is_bool else flat[starts] != 0
     return np.diff(bounds), values
+
+
+def _bool_change_points(flat: np.ndarray) -> np.ndarray:
+    """Sorted positions i (1 <= i < n) where ``flat[i] != flat[i - 1]``, for a 1-D bool array.
+
+    Scans the mask packed 8 pixels per byte (an eighth of the memory traffic of a
+    pixel-wise compare): only bytes that are neither 0x00 nor 0xFF hold a change,
+    plus byte boundaries where the last bit of one byte differs from the first of
+    the next.
+    """
+    n = flat.size
+    packed = np.packbits(flat)  # the last byte is padded with zeros: changes at >= n are dropped below
+    mixed = np.flatnonzero((packed != 0) & (packed != 255))
+    bits = np.unpackbits(packed[mixed]).reshape(-1, 8)
+    row, col = np.nonzero(bits[:, 1:] != bits[:, :-1])
+    inside = mixed[row].astype(np.int64) * 8 + col + 1
+    across = (np.flatnonzero((packed[:-1] & 1) != (packed[1:] >> 7)).astype(np.int64) + 1) * 8
+    points = np.concatenate([inside, across])
+    points.sort()
+    return points[points < n]
 
 
 def _tokens(lengths: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -166,6 +166,15 @@ def test_property_long_runs(runs, first_on):
     check_all(np.repeat(vals, runs)[None, :])
 
 
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.bool_, st.integers(1, 70)))
+def test_packed_change_points_equal_a_pixelwise_compare(flat):
+    from backend.brush import _bool_change_points
+
+    expected = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    assert np.array_equal(_bool_change_points(flat), expected)
+
+
 def test_encoder_rejects_bad_input():
     for bad in (np.zeros((2, 3, 4), bool), np.zeros(5, bool), np.zeros((0, 4), bool),
                 np.zeros((4, 0), bool), np.array([["a", "b"]])):
