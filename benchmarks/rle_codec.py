@@ -1,14 +1,18 @@
 """Benchmark: backend.brush.mask_to_rle vs the SDK's pure-Python mask2rle.
 
-Run:  PYTHONPATH=. python benchmarks/rle_codec.py [size]
+Run:  .venv/bin/python benchmarks/rle_codec.py [size]
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+# the repository first: run as a script, this folder comes first and its backend.py would shadow the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_mask(size: int = 4096, seed: int = 0) -> np.ndarray:
