@@ -18,6 +18,7 @@ class FakeLabelStudio:
         self.tasks = {}  # id -> task dict (with "annotations")
         self.files = {}  # path (e.g. "/data/upload/1/a.png") -> bytes
         self.file_delay_s = 0.0  # a slow media server: makes "jobs still running" deterministic in tests
+        self.project_delay_s = {}  # project id -> seconds GET /api/projects/<id> takes (a fine-tune job's first call)
         self.predictions = []  # bodies POSTed to /api/predictions
         self.requests = []  # (method, path)
         self.access_tokens = set()  # issued by /api/token/refresh/; tests may clear it to simulate expiry
@@ -52,6 +53,7 @@ class FakeLabelStudio:
                     return self._send(200, fake.files[u.path], "image/png")
                 parts = u.path.strip("/").split("/")
                 if parts[:2] == ["api", "projects"] and len(parts) == 3:
+                    time.sleep(fake.project_delay_s.get(int(parts[2]), 0.0))
                     p = fake.projects.get(int(parts[2]))
                     return self._send(200, p) if p else self._send(404, {"detail": "Not found."})
                 if u.path == "/api/tasks":

@@ -66,6 +66,9 @@ def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, 
 
 def test_annotation_webhooks_count_and_deduplicate(gunicorn_url, fake_ls, redis_url):
     fake_ls.projects[8] = {"id": 8, "title": "p8", "label_config": CONFIG_TEXT}  # no annotations: runs skip
+    # each run takes >= 3 s, so the triggers below provably meet a queued or running job (without the delay a
+    # run that skips can finish between two POSTs, and a new trigger then rightly enqueues a fresh job)
+    fake_ls.project_delay_s[8] = 3.0
     state = redis.Redis.from_url(redis_url, decode_responses=True)
     post = lambda payload: requests.post(gunicorn_url + "/webhook", json=payload, timeout=5)  # noqa: E731
 
