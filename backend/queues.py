@@ -53,13 +53,47 @@ def state_connection(url: str) -> redis.Redis:
 
 # Worker liveness: every worker refreshes `refseg:worker:<name>:alive` (TTL WORKER_ALIVE_TTL_S) from a thread. RQ
 # only notices a SIGKILLed SimpleWorker's job when its registry entry expires (job timeout + 60 s: 31 minutes for
-# a batch job); /predict checks this key instead, so a task whose worker died is predicted again at once.
+# a batch job); /predict checks this key instead, so a task whose worker died is predicted again soon.
 WORKER_ALIVE_TTL_S = 15
 WORKER_ALIVE_EVERY_S = 3.0
+# A missing key is only believed once it has stayed missing this long: after a Redis outage longer than the TTL
+# (or a restart from an AOF file) every key is gone until each worker's next refresh, and living workers must not
+# be declared dead in that window. The first sighting is kept in Redis (server clock), so every backend process
+# and host agrees on it.
+WORKER_MISSING_GRACE_S = 2 * WORKER_ALIVE_EVERY_S + 2
 
 
 def worker_alive_key(name: str) -> str:
     return f"refseg:worker:{name}:alive"
+
+
+def worker_missing_key(name: str) -> str:
+    return f"refseg:worker:{name}:missing_since"
+
+
+def refresh_worker_alive(state: redis.Redis, name: str, value: str) -> None:
+    """Worker side: mark `name` alive (and forget an earlier sighting of its key missing)."""
+    pipe = state.pipeline(transaction=False)
+    pipe.set(worker_alive_key(name), value, ex=WORKER_ALIVE_TTL_S)
+    pipe.delete(worker_missing_key(name))
+    pipe.execute()
+
+
+def _redis_now(state: redis.Redis) -> float:
+    sec, usec = state.time()
+    return sec + usec / 1e6
+
+
+def worker_alive(state: redis.Redis, name: str, grace_s: float = WORKER_MISSING_GRACE_S) -> bool:
+    """Whether worker `name` may still be alive: its liveness key exists, or has been missing for less than
+    `grace_s` (seconds since a backend process first saw it missing)."""
+    if state.exists(worker_alive_key(name)):
+        return True
+    now = _redis_now(state)
+    missing = worker_missing_key(name)
+    state.set(missing, repr(now), nx=True, ex=int(grace_s) + WORKER_ALIVE_TTL_S + 60)
+    since = state.get(missing)
+    return since is not None and now - float(since) < grace_s
 
 
 def job_alive(state: redis.Redis, job, alive_statuses) -> bool:
@@ -71,7 +105,7 @@ def job_alive(state: redis.Redis, job, alive_statuses) -> bool:
     if status not in alive_statuses:
         return False
     if status == JobStatus.STARTED and getattr(job, "worker_name", None):
-        return bool(state.exists(worker_alive_key(job.worker_name)))
+        return worker_alive(state, job.worker_name)
     return True
 
 

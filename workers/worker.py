@@ -16,8 +16,8 @@ import threading
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from backend.queues import (QUEUES, WORKER_ALIVE_EVERY_S, WORKER_ALIVE_TTL_S, get_queue, rq_connection,
-                            state_connection, worker_alive_key)
+from backend.queues import (QUEUES, WORKER_ALIVE_EVERY_S, get_queue, refresh_worker_alive, rq_connection,
+                            state_connection)
 from backend.settings import Settings
 
 
@@ -62,15 +62,14 @@ def main(argv=None) -> int:
 def _start_liveness(redis_url: str, name: str, log) -> threading.Thread:
     """Refresh this worker's liveness key from a daemon thread, also while a job runs (SimpleWorker runs jobs
     in this process and sends no heartbeat of its own during them). The key vanishes WORKER_ALIVE_TTL_S after
-    the process dies, however it dies; /predict then stops waiting for its job (backend.queues.job_alive)."""
+    the process dies, however it dies; /predict then stops waiting for its job (backend.queues.worker_alive)."""
     state = state_connection(redis_url)
-    key = worker_alive_key(name)
 
     def beat():
         failing = False
         while True:
             try:
-                state.set(key, str(os.getpid()), ex=WORKER_ALIVE_TTL_S)
+                refresh_worker_alive(state, name, str(os.getpid()))
                 if failing:
                     log.info("liveness key refreshed again")
                 failing = False
