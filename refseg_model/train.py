@@ -7,8 +7,9 @@ Data sources:
                                                        default|shifted), with a difficulty curriculum; val is a
                                                        fixed set of generated scenes at full difficulty
 
-Resume state lives next to the output checkpoint, in `OUT.train/` (last weights, optimizer, step, history):
-re-running the same command after an interruption continues where it stopped.
+Resume state lives next to the output checkpoint, in `OUT.train/` (last weights, optimizer, step, history, and
+per rank the data order and random generators): re-running the same command after an interruption continues where
+it stopped, on the same batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
@@ -122,6 +123,16 @@ class FileSource:
             items.append((image, mask, expr))
         return items
 
+    def state_dict(self) -> dict:
+        """Data order and augmentation generators, JSON-serialisable (saved with the resume state)."""
+        return {"rng": self.rng.bit_generator.state, "perm_rng": self.perm_rng.bit_generator.state,
+                "order": [int(i) for i in self._order]}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.rng.bit_generator.state = st["rng"]
+        self.perm_rng.bit_generator.state = st["perm_rng"]
+        self._order = [int(i) for i in st["order"]]
+
 
 class SynthSource:
     """Endless generated scenes; difficulty ramps 0 -> 1 over the first `curriculum_frac` of training."""
@@ -132,7 +143,6 @@ class SynthSource:
         self.gen = SceneGenerator(size=size, style=style, seed=seed * 7919 + rank + 1)
         self.curriculum_frac = curriculum_frac
         self.rng = np.random.default_rng(seed + 17 * rank)
-        self._pending: List[Tuple[np.ndarray, np.ndarray, str]] = []
 
     def difficulty(self, step: int, total: int) -> float:
         if self.curriculum_frac <= 0:
@@ -147,6 +157,41 @@ class SynthSource:
             for s in scene.samples[:1]:
                 items.append(random_flip(scene.image, s.mask, s.expression, self.rng))
         return items
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.rng.bit_generator.state, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.gen.rng.bit_generator.state = st["gen"]
+        self.rng.bit_generator.state = st["rng"]
+
+
+def _save_data_state(state_dir: Path, rank: int, step: int, src) -> None:
+    """This rank's data order and generators (numpy and torch) after `step` steps, written atomically."""
+    import base64
+
+    path = state_dir / f"data-rank{rank}.json"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    torch_rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+    path.with_suffix(".tmp").write_text(json.dumps({"step": step, "source": src.state_dict(), "torch": torch_rng}))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def _load_data_state(state_dir: Path, rank: int, step: int, src) -> bool:
+    """Restore what `_save_data_state` wrote at `step`; False (nothing changed) if it is missing or from another
+    step (e.g. a kill between this file and state.pt)."""
+    import base64
+
+    path = state_dir / f"data-rank{rank}.json"
+    try:
+        st = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if st.get("step") != step:
+        return False
+    src.load_state_dict(st["source"])
+    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(st["torch"]), dtype=np.uint8).copy()))
+    return True
 
 
 def synth_val_samples(style: str, size: int, n: int, seed: int = 123_456):
@@ -274,8 +319,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             opt.load_state_dict(st["optimizer"])
             start, best = int(st["step"]), dict(st.get("best") or {})
             history = json.loads(st.get("history", "[]"))
+            exact = _load_data_state(state_dir, rank, start, src)
             if is_main:
-                print(f"resuming from step {start}/{total} ({state_dir})", flush=True)
+                print(f"resuming from step {start}/{total} ({state_dir})"
+                      f"{'' if exact else '; data order not restored (no data state for this step)'}", flush=True)
         elif is_main:
             print(f"ignoring resume state in {state_dir}: it belongs to another run", flush=True)
 
@@ -312,6 +359,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         done = step + 1
         if done % eval_every == 0 or done == total:
             record = {"step": done, "lr": opt.param_groups[0]["lr"], **{k: round(v, 5) for k, v in running.items()}}
+            # before state.pt: a state.pt always has its data state (a kill in between leaves an older state.pt)
+            _save_data_state(state_dir, rank, done, src)
             if is_main:
                 if val:
                     metrics = quick_eval(model, val, device)

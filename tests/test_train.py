@@ -135,6 +135,40 @@ def test_interrupted_training_resumes(tmp_path, data_dir, capsys):
     assert json.loads((out / "config.json").read_text())["metadata"]["step"] in (2, 4, 6, 8)
 
 
+def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, data_dir, monkeypatch, capsys):
+    """Resume restores the data order and the flip generator too: stopping after step 5 and resuming ends with
+    exactly the weights of a run that never stopped (2 epochs of shuffled, flipped batches)."""
+    from refseg_model import train as train_module
+
+    common = dict(data=str(data_dir), init="preset:tiny", steps=8, batch_size=4, eval_every=2, max_val=2,
+                  augment=True, progress=False, threads=1)
+    train(TrainConfig(out=str(tmp_path / "straight"), **common))
+
+    real_batch = train_module.FileSource.batch
+
+    def interrupted(self, n, step, total):
+        if step == 5:
+            raise KeyboardInterrupt  # Ctrl-C during step 6: the state of step 4 is on disk
+        return real_batch(self, n, step, total)
+
+    monkeypatch.setattr(train_module.FileSource, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "resumed"), **common))
+    monkeypatch.setattr(train_module.FileSource, "batch", real_batch)
+    assert _state(tmp_path / "resumed")["step"] == 4
+    capsys.readouterr()
+    train(TrainConfig(out=str(tmp_path / "resumed"), **common))
+    out = capsys.readouterr().out
+    assert "resuming from step 4/8" in out and "not restored" not in out
+
+    straight, _ = load_checkpoint(tmp_path / "straight.train" / "last")
+    resumed, _ = load_checkpoint(tmp_path / "resumed.train" / "last")
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
 def test_resume_prints_the_step_it_continues_from(tmp_path, data_dir, capsys):
     """The resume message, and that a different run's state is not picked up."""
     out = tmp_path / "ckpt"
