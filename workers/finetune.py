@@ -12,8 +12,8 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-import random
 import shutil
 import tempfile
 import time
@@ -156,13 +156,33 @@ def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
         raise FinetuneSkipped(f"{len(records)} usable annotated task(s); need at least "
                               f"{rt.settings.finetune_min_annotations}")
     records.sort(key=lambda r: r["task"])
-    order = list(range(len(records)))
-    random.Random(f"refseg-holdout-{project}").shuffle(order)  # same split for the same task set
-    n_test = min(len(records) - 1, max(1, round(rt.settings.finetune_holdout * len(records))))
-    test = set(order[:n_test])
-    for i, r in enumerate(records):
-        r["split"] = "test" if i in test else "train"
+    test = held_out_tasks(project, [r["task"] for r in records], rt.settings.finetune_holdout)
+    for r in records:
+        r["split"] = "test" if r["task"] in test else "train"
     write_annotations(root, records)
     return len(records)
+
+
+def _unit_hash(project: str, task: int) -> float:
+    digest = hashlib.blake2b(f"refseg-holdout:{project}:{task}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64
+
+
+def held_out_tasks(project: str, tasks: list, fraction: float) -> set:
+    """The tasks held out to compare the new version against the current one.
+
+    A task is held out when a hash of (project, task id) falls below `fraction`, so its side never changes as
+    the project grows: a version is never scored on tasks that it, or a version it descends from, trained on
+    (a shuffle of the whole list would move earlier training tasks into the held-out set and favour the current
+    version). At least one task is held out and one trained on."""
+    if len(tasks) < 2:
+        return set()
+    ranked = sorted(tasks, key=lambda t: _unit_hash(project, t))
+    test = {t for t in ranked if _unit_hash(project, t) < fraction}
+    if not test:
+        test = {ranked[0]}
+    elif len(test) == len(tasks):
+        test.discard(ranked[-1])
+    return test
 
 

@@ -56,3 +56,21 @@ def test_a_late_post_under_an_older_version_does_not_hold_the_task(redis_url):
     tasks = [{"id": 1}, {"id": 2}, {"id": 3}]
     assert service._pending_jobs("77", tasks, "v2") == {2}
     assert service._pending_jobs("77", tasks, "v1") == {1}
+
+
+def test_held_out_tasks_keep_their_side_as_the_project_grows():
+    from workers.finetune import held_out_tasks
+
+    first = list(range(1, 41))
+    grown = first + list(range(1000, 1400))  # the project gets 400 more annotations
+    test_first, test_grown = held_out_tasks("5", first, 0.2), held_out_tasks("5", grown, 0.2)
+    # a task trained on in round 1 is never scored in round 2, and a held-out one never trained on
+    assert test_grown & set(first) == test_first
+    assert 0.12 < len(test_grown) / len(grown) < 0.28  # about the configured fraction
+    assert held_out_tasks("6", grown, 0.2) != test_grown  # projects get their own split
+    # tiny projects: at least one task on each side, whatever the hash says
+    for tasks in ([1, 2], [7, 9, 11]):
+        for fraction in (0.0, 0.2, 0.9, 1.0):
+            test = held_out_tasks("5", tasks, fraction)
+            assert 1 <= len(test) < len(tasks), (tasks, fraction, test)
+    assert held_out_tasks("5", [3], 0.2) == set()
