@@ -5,6 +5,7 @@ configures the whole deployment. Secrets (API key, basic-auth password) never ap
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping, Optional, Tuple
@@ -44,6 +45,43 @@ def _bool(env, name: str, default: bool) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
+def _raster_projects(env) -> Tuple[Tuple[str, str, str], ...]:
+    """RASTER_PROJECTS='{"12": {"bands": "4,3,2", "stretch": "2,98"}}' -> (("12", "4,3,2", "2,98"),)."""
+    raw = _env(env, "RASTER_PROJECTS")
+    if not raw:
+        return ()
+    try:
+        spec = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"RASTER_PROJECTS is not JSON ({exc}); e.g. "
+                         '\'{"12": {"bands": "4,3,2", "stretch": "2,98"}}\'') from None
+    if not isinstance(spec, dict) or not all(isinstance(v, dict) for v in spec.values()):
+        raise ValueError('RASTER_PROJECTS must map project ids to {"bands": ..., "stretch": ...}')
+    out = []
+    for project, v in spec.items():
+        unknown = set(v) - {"bands", "stretch"}
+        if unknown:
+            raise ValueError(f"RASTER_PROJECTS[{project!r}]: unknown keys {sorted(unknown)} (bands, stretch)")
+        bands = v.get("bands", "")
+        bands = ",".join(str(b) for b in bands) if isinstance(bands, list) else str(bands or "")
+        stretch = v.get("stretch", "auto")
+        stretch = ",".join(str(x) for x in stretch) if isinstance(stretch, list) else str(stretch or "auto")
+        out.append((str(project).strip(), bands, stretch))
+    return tuple(out)
+
+
+def _check_raster(name: str, bands: str, stretch: str) -> None:
+    """Validate band/stretch strings with the parsers that will apply them (imported only when set: the web
+    process otherwise never loads the imaging code)."""
+    from refseg_model.imageio import parse_bands, parse_stretch
+
+    try:
+        parse_bands(bands or None)
+        parse_stretch(stretch)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -61,6 +99,11 @@ class Settings:
     local_files_document_root: str = ""
     media_allowed_hosts: Tuple[str, ...] = ()  # hosts (besides LS's) task images may be downloaded from; "*" = any public
     media_max_bytes: int = 100 * 1024 * 1024
+    # how (Geo)TIFF task images become RGB: 1-based bands ("4,3,2"; "" = 1,2,3) and stretch (auto|none|minmax|
+    # "2,98" percentiles); per project in RASTER_PROJECTS. Other formats load as they are.
+    raster_bands: str = ""
+    raster_stretch: str = "auto"
+    raster_projects: Tuple[Tuple[str, str, str], ...] = ()  # (project, bands, stretch)
     media_max_pixels: int = 150_000_000  # task images larger than this are refused before decoding (~0.4 GiB RGB)
     media_timeout_s: float = 30.0
     verify_ssl: bool = True
@@ -79,6 +122,13 @@ class Settings:
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
         env = os.environ if env is None else env
         hosts = tuple(h.strip().lower() for h in _env(env, "MEDIA_ALLOWED_HOSTS").split(",") if h.strip())
+        raster_bands = _env(env, "RASTER_BANDS")
+        raster_stretch = _env(env, "RASTER_STRETCH", default=cls.raster_stretch)
+        raster_projects = _raster_projects(env)
+        if raster_bands or raster_stretch != cls.raster_stretch:
+            _check_raster("RASTER_BANDS / RASTER_STRETCH", raster_bands, raster_stretch)
+        for project, bands, stretch in raster_projects:
+            _check_raster(f"RASTER_PROJECTS[{project!r}]", bands, stretch)
         return cls(
             redis_url=_env(env, "REDIS_URL", default=cls.redis_url),
             model_dir=_env(env, "MODEL_DIR", default=cls.model_dir),
@@ -98,6 +148,9 @@ class Settings:
             media_allowed_hosts=hosts,
             media_max_bytes=_int(env, "MEDIA_MAX_BYTES", cls.media_max_bytes),
             media_max_pixels=max(1, _int(env, "MEDIA_MAX_PIXELS", cls.media_max_pixels)),
+            raster_bands=raster_bands,
+            raster_stretch=raster_stretch,
+            raster_projects=raster_projects,
             media_timeout_s=_float(env, "MEDIA_TIMEOUT_S", cls.media_timeout_s),
             verify_ssl=_bool(env, "VERIFY_SSL", True),
             log_level=_env(env, "LOG_LEVEL", default=cls.log_level).upper(),
@@ -110,6 +163,13 @@ class Settings:
             finetune_promote_tolerance=_float(env, "FINETUNE_PROMOTE_TOLERANCE", cls.finetune_promote_tolerance),
             finetune_timeout_s=max(60, _int(env, "FINETUNE_TIMEOUT_S", cls.finetune_timeout_s)),
         )
+
+    def raster_for(self, project) -> Tuple[str, str]:
+        """(bands, stretch) for (Geo)TIFF images of `project`: its RASTER_PROJECTS entry, else the defaults."""
+        for p, bands, stretch in self.raster_projects:
+            if p == str(project):
+                return bands, stretch
+        return self.raster_bands, self.raster_stretch
 
     @property
     def basic_auth_enabled(self) -> bool:

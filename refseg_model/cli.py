@@ -86,7 +86,7 @@ LARGE_SCENE_SIDE = 2048
 
 
 def cmd_predict(args) -> int:
-    from .imageio import RasterReader, _is_tiff, load_raster, parse_bands, parse_stretch, save_mask
+    from .imageio import RasterReader, is_tiff, load_raster, parse_bands, parse_stretch, save_mask
 
     if args.threads:
         import torch
@@ -99,7 +99,7 @@ def cmd_predict(args) -> int:
     strategy = args.strategy
     if strategy is None:  # whole image through the model unless it is a large (Geo)TIFF
         strategy = "whole"
-        if _is_tiff(args.image):
+        if is_tiff(args.image):
             with RasterReader(args.image) as reader:
                 if max(reader.shape) > LARGE_SCENE_SIDE:
                     strategy = "auto"

@@ -64,7 +64,7 @@ def image_dimensions(source: ImageSource) -> Tuple[int, int]:
         return int(source.shape[1]), int(source.shape[0])
     if isinstance(source, Image.Image):
         return source.size
-    if _is_tiff(source):  # the same reader load_image uses: TIFFs PIL cannot open still load
+    if is_tiff(source):  # the same reader load_image uses: TIFFs PIL cannot open still load
         try:
             with RasterReader(source) as reader:
                 return reader.width, reader.height
@@ -102,7 +102,7 @@ def load_image(source: ImageSource) -> np.ndarray:
     """
     if isinstance(source, np.ndarray):
         arr = source
-    elif not isinstance(source, Image.Image) and _is_tiff(source):
+    elif not isinstance(source, Image.Image) and is_tiff(source):
         arr = _load_tiff_rgb(source)
     else:
         img = _open(source)
@@ -139,7 +139,7 @@ def load_mask(source: ImageSource) -> np.ndarray:
     if isinstance(source, np.ndarray):
         arr = source
     else:
-        img = _open(source) if isinstance(source, Image.Image) or not _is_tiff(source) else _open_tiff_with_pil(source)
+        img = _open(source) if isinstance(source, Image.Image) or not is_tiff(source) else _open_tiff_with_pil(source)
         if img is None:  # a TIFF that PIL cannot read (e.g. 16-bit multi-band, LZW without libtiff): band 1
             with RasterReader(source) as reader:
                 arr = reader.read_window(bands=[1])[..., 0]
@@ -174,7 +174,8 @@ KEY_GEOGRAPHIC_TYPE, KEY_GEOG_CITATION, KEY_PROJECTED_TYPE, KEY_PCS_CITATION = 2
 USER_DEFINED = 32767
 
 
-def _is_tiff(source: Any) -> bool:
+def is_tiff(source: Any) -> bool:
+    """Whether `source` (bytes or a path) starts with a TIFF signature (classic or BigTIFF)."""
     if isinstance(source, (bytes, bytearray)):
         return bytes(source[:4]) in TIFF_MAGICS
     if isinstance(source, (str, Path)):
@@ -762,7 +763,7 @@ def load_raster(source: Union[str, Path, bytes], bands: Union[None, str, Sequenc
             (lo, hi) percentiles. Statistics exclude nodata pixels.
     """
     band_list = parse_bands(bands)
-    if not _is_tiff(source):
+    if not is_tiff(source):
         if band_list is not None and band_list not in ([1, 2, 3], [1]):
             raise ImageLoadError("band selection needs a (Geo)TIFF source")
         return Raster(load_image(source))

@@ -139,7 +139,7 @@ def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
         mask, expression, _ = sample
         url = (task.get("data") or {}).get(cfg.image_key)
         try:
-            image = rt.media.image(url, task.get("id"))
+            image = rt.media.image(url, task.get("id"), project)
         except (ValueError, OSError, ImageLoadError) as exc:
             log.warning("project %s task %s: skipped, image: %s", project, task.get("id"), exc)
             continue

@@ -76,7 +76,7 @@ def _predict(rt, cfg: ProjectConfig, project: str, tasks: List[dict], interactiv
     images = {}
     for i, task in enumerate(tasks):
         try:
-            images[i] = rt.media.image(task["image"], task.get("id"))
+            images[i] = rt.media.image(task["image"], task.get("id"), project)
         except (MediaError, ImageLoadError, OSError) as exc:
             log.warning("project %s task %s: %s", project, task.get("id"), exc)
             results[i] = error_result(current.version, f"image: {exc}")

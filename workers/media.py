@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import numpy as np
 import requests
 
-from refseg_model.imageio import ImageLoadError, image_dimensions, load_image
+from refseg_model.imageio import ImageLoadError, image_dimensions, is_tiff, load_image, load_raster
 
 from .lsclient import LabelStudioClient
 
@@ -49,9 +49,12 @@ class MediaFetcher:
         self.timeout = (5.0, float(settings.media_timeout_s))
         self.verify = settings.verify_ssl
         self.session = requests.Session()
+        self.settings = settings
 
-    def image(self, url: str, task_id=None) -> np.ndarray:
-        """H x W x 3 uint8 (raises MediaError, or refseg_model.imageio.ImageLoadError for undecodable data)."""
+    def image(self, url: str, task_id=None, project=None) -> np.ndarray:
+        """H x W x 3 uint8 (raises MediaError, or refseg_model.imageio.ImageLoadError for undecodable data).
+        (Geo)TIFFs are rendered with the project's bands and stretch (Settings.raster_for), the same way for
+        predictions and for fine-tuning."""
         data = self.fetch(url, task_id)
         w, h = image_dimensions(data)  # header only: refuse before decoding (3 bytes per pixel once decoded)
         if w * h > self.max_pixels:
@@ -59,6 +62,9 @@ class MediaFetcher:
                 f"image of {w}x{h} pixels exceeds MEDIA_MAX_PIXELS={self.max_pixels} (it would take "
                 f"{3 * w * h / 2**30:.1f} GiB decoded in the worker); downscale it for annotation, or segment the "
                 f"full scene with `refseg predict --strategy auto`")
+        bands, stretch = self.settings.raster_for(project)
+        if (bands or stretch != "auto") and is_tiff(data):
+            return load_raster(data, bands or None, stretch).pixels
         return load_image(data)
 
     # -------------------------------------------------------------------------------------------- routing

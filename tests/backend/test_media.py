@@ -83,3 +83,52 @@ def test_personal_access_token_is_exchanged_and_refreshed(fake_ls):
     fake_ls.access_tokens.clear()  # the access token expired early: a 401 triggers one refresh and a retry
     assert client.project("31")["id"] == 31
     assert LabelStudioClient(fake_ls.url, "legacy").auth_header() == {"Authorization": "Token legacy"}
+
+
+def test_tiff_bands_and_stretch_per_project(tmp_path):
+    """A 4-band 16-bit scene: RASTER_PROJECTS renders it with bands 4,3,2 for project 12; other projects get the
+    default rendering (bands 1,2,3); PNGs load as they are whatever the setting."""
+    import io
+
+    import tifffile
+
+    from refseg_model.imageio import load_image, load_raster
+
+    rng = np.random.default_rng(5)
+    bands = rng.integers(0, 4000, (4, 40, 50), dtype=np.uint16)
+    bands[3, :, :25] = 60000  # band 4 differs visibly from bands 1-3
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, bands, photometric="minisblack", planarconfig="separate")
+    tif = buf.getvalue()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "s.tif").write_bytes(tif)
+    img, _ = scene(6)
+    (tmp_path / "root" / "q.png").write_bytes(png(img))
+    f = _fetcher(tmp_path, RASTER_PROJECTS='{"12": {"bands": "4,3,2", "stretch": [1, 99]}}')
+    url = "/data/local-files/?d=s.tif"
+
+    got = f.image(url, 1, project="12")
+    want = load_raster(tif, [4, 3, 2], (1.0, 99.0)).pixels
+    np.testing.assert_array_equal(got, want)
+    assert got[:, :25, 0].min() == 255 and got[:, 25:, 0].max() < 255  # red is band 4
+    np.testing.assert_array_equal(f.image(url, 1, project="13"), load_image(tif))  # unlisted project: default
+    assert not np.array_equal(f.image(url, 1, project="13"), got)
+    np.testing.assert_array_equal(f.image("/data/local-files/?d=q.png", 2, project="12"), img)
+
+    both = _fetcher(tmp_path, RASTER_BANDS="2", RASTER_STRETCH="minmax")  # deployment-wide default, grey
+    grey = both.image(url, 1, project="13")
+    np.testing.assert_array_equal(grey, load_raster(tif, [2], "minmax").pixels)
+    assert (grey[..., 0] == grey[..., 2]).all()
+
+
+def test_raster_settings_are_validated_at_start():
+    ok = Settings.from_env({"RASTER_BANDS": "4,3,2", "RASTER_PROJECTS": '{"7": {"bands": [3, 2, 1]}}'})
+    assert ok.raster_for("7") == ("3,2,1", "auto") and ok.raster_for(8) == ("4,3,2", "auto")
+    assert Settings.from_env({}).raster_for("1") == ("", "auto")
+    for env, match in ((({"RASTER_BANDS": "4,3"}), "RASTER_BANDS"), ({"RASTER_STRETCH": "99,2"}, "RASTER_STRETCH"),
+                       ({"RASTER_PROJECTS": "{bad json"}, "not JSON"),
+                       ({"RASTER_PROJECTS": '{"1": {"band": "1"}}'}, "unknown keys"),
+                       ({"RASTER_PROJECTS": '{"1": {"bands": "0,1,2"}}'}, r"RASTER_PROJECTS\['1'\]"),
+                       ({"RASTER_PROJECTS": '["4,3,2"]'}, "must map")):
+        with pytest.raises(ValueError, match=match):
+            Settings.from_env(env)
