@@ -4,7 +4,9 @@ Prints
   1. interactive /predict latency through the queue vs. the predictor called in-process (p50/p95, overhead in
      ms and as a ratio); same image each time (embedding cache warm on both sides), new expression each call;
   2. throughput of a 200-task "Retrieve predictions" batch with 1 and with 2 workers;
-  3. brush RLE: backend.brush.mask_to_rle vs label-studio-sdk's mask2rle on a 4096x4096 mask (identical output
+  3. /webhook latency (ANNOTATION_CREATED, what Label Studio sends inside the annotator's save with a 1 s timeout):
+     idle, and while the 1-worker batch runs;
+  4. brush RLE: backend.brush.mask_to_rle vs label-studio-sdk's mask2rle on a 4096x4096 mask (identical output
      and speed ratio).
 
 Run:  PYTHONPATH=. .venv/bin/python benchmarks/backend.py [--model preset:tiny] [--image 512] [--tasks 200]
@@ -109,7 +111,30 @@ def bench_stack(args) -> None:
             print(f"batch of {len(tasks)} tasks, {n_workers} worker(s): {dt:6.2f} s  {len(tasks) / dt:6.1f} tasks/s "
                   f"({ok} predicted, {len(res)} results)")
 
+        def webhooks(n, project):
+            times = []
+            for i in range(n):
+                event = {"action": "ANNOTATION_CREATED", "project": {"id": project},
+                         "annotation": {"id": i, "task": 1, "project": project, "result": [], "was_cancelled": False},
+                         "task": {"id": 1, "data": {}}}
+                t = time.perf_counter()
+                requests.post(url + "/webhook", json=event, timeout=5).raise_for_status()
+                times.append(time.perf_counter() - t)
+            return times
+
+        def report_webhooks(label, times):
+            print(f"/webhook {label:<22} p50 {pct(times, 50):6.1f} ms  p95 {pct(times, 95):6.1f} ms  "
+                  f"max {max(times) * 1e3:6.1f} ms  ({len(times)} events; Label Studio gives up at 1000 ms)")
+
+        report_webhooks("idle", webhooks(200, 900))
+        import threading
+
+        busy: list = []
+        runner = threading.Thread(target=lambda: busy.extend(webhooks(200, 901)))
+        runner.start()  # 200 events while the batch below keeps the worker busy
         batch(1)
+        runner.join()
+        report_webhooks("during the batch", busy)
         stack.start_worker("interactive,batch", args.threads, log="worker2.log")
         stack.wait_workers(2, 300)
         time.sleep(1.0)

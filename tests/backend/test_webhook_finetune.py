@@ -27,7 +27,7 @@ def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, 
 
     t0 = time.monotonic()
     r = requests.post(gunicorn_url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}, timeout=5)
-    assert time.monotonic() - t0 < 0.5  # LS waits for webhooks with a 1 s timeout
+    assert time.monotonic() - t0 < 1.0  # LS waits for webhooks with a 1 s timeout (benchmarks/backend.py times it)
     assert r.status_code == 201 and r.json()["finetune"] == "enqueued"
 
     def promoted():
