@@ -555,6 +555,7 @@ def test_siglip_model_with_safetensors_sam_and_lora(tmp_path, siglip_dir, sam_fi
     assert any(n.startswith("sam.image_encoder.") and ".lora_" in n for n in grads)
     assert any(n.startswith("encoder.model.vision_model.encoder.") and ".lora_" in n for n in grads)
     assert not any(".base_layer." in n for n in grads)
+    assert lora <= grads, sorted(lora - grads)  # no adapter the forward never uses (e.g. SigLIP's pooling head)
     _perturb(model, trainable)
     before = _outputs(model, inputs)
 

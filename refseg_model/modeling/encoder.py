@@ -98,7 +98,9 @@ class DualModalEncoder(nn.Module):
         if cfg.lora_rank > 0:
             from .lora import add_lora
 
-            add_lora(self.model, ["q_proj", "k_proj", "v_proj", "out_proj"], cfg.lora_rank)
+            # attention projections of both towers, except SigLIP's vision pooling head (attention.out_proj): the
+            # model uses patch tokens, never the pooled image embedding, so adapters there would never train
+            add_lora(self.model, r"^(?!vision_model\.head\.).*\.(q_proj|k_proj|v_proj|out_proj)$", cfg.lora_rank)
 
     def _image_stats(self, cfg: EncoderConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         mean, std = DEFAULT_STATS[cfg.kind]
