@@ -94,16 +94,20 @@ def _finetune(rt, project: str, job_id: str) -> dict:
             device="cuda" if s.device.startswith("cuda") else s.device,
             progress=False, resume=False, eval_every=s.finetune_steps))
         held_out = read_interchange(work, "test")
-        old = evaluate_samples(rt.models.get(current.checkpoint), held_out, progress=False)
+        iou_old, iou_new = [], []
+        old = evaluate_samples(rt.models.get(current.checkpoint), held_out, progress=False, per_sample=iou_old)
         new = evaluate_samples(RefSegPredictor.from_spec(str(candidate), device=resolve_device(rt.models.device)), held_out,
-                               progress=False)
+                               progress=False, per_sample=iou_new)
         report = {"version": version, "parent": current.version, "samples": count, "held_out": len(held_out),
                   "steps": result.steps, "train_seconds": round(result.seconds, 2),
                   "giou_new": new["gIoU"], "giou_current": old["gIoU"],
-                  "ciou_new": new["cIoU"], "ciou_current": old["cIoU"]}
+                  "ciou_new": new["cIoU"], "ciou_current": old["cIoU"], **paired_comparison(iou_new, iou_old)}
+        se = report["giou_delta_se"]
+        verdict = (f"held-out gIoU {new['gIoU']:.4f} vs {old['gIoU']:.4f} for {current.version} "
+                   f"({report['giou_delta']:+.4f} ± {'unknown' if se is None else f'{se:.4f}'} s.e.; better on "
+                   f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)})")
         if new["gIoU"] + s.finetune_promote_tolerance < old["gIoU"]:
-            log.info("project %s: %s not promoted: held-out gIoU %.4f < current %.4f (%s)", project, version,
-                     new["gIoU"], old["gIoU"], current.version)
+            log.info("project %s: %s not promoted: %s", project, version, verdict)
             return {"status": "rejected", **report}
         final = project_dir / version
         if final.exists():  # a leftover of a crashed run with the same number: never overwrite silently
@@ -112,8 +116,7 @@ def _finetune(rt, project: str, job_id: str) -> dict:
         rt.versions.promote(project, version, str(final.resolve()), parent=current.version,
                             metrics={"gIoU": new["gIoU"], "cIoU": new["cIoU"], "gIoU_parent": old["gIoU"],
                                      "samples": count})
-        log.info("project %s: promoted %s (held-out gIoU %.4f vs %.4f for %s)", project, version, new["gIoU"],
-                 old["gIoU"], current.version)
+        log.info("project %s: promoted %s: %s", project, version, verdict)
         return {"status": "promoted", **report}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -161,6 +164,19 @@ def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
         r["split"] = "test" if r["task"] in test else "train"
     write_annotations(root, records)
     return len(records)
+
+
+def paired_comparison(iou_new, iou_current) -> dict:
+    """How far to trust "new vs current" on a held-out set: the mean per-task IoU difference, its standard error
+    (None with fewer than 2 tasks: unknown), and on how many tasks the new version is better / worse.
+    The promotion rule stays "not worse on average"; this tells annotators whether a small held-out set could
+    decide it at all."""
+    d = [a - b for a, b in zip(iou_new, iou_current)]
+    n = len(d)
+    mean = sum(d) / n if n else 0.0
+    se = round((sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5, 6) if n > 1 else None
+    return {"giou_delta": round(mean, 6), "giou_delta_se": se,
+            "held_out_better": sum(x > 1e-9 for x in d), "held_out_worse": sum(x < -1e-9 for x in d)}
 
 
 def _unit_hash(project: str, task: int) -> float:

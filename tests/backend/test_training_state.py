@@ -74,3 +74,15 @@ def test_held_out_tasks_keep_their_side_as_the_project_grows():
             test = held_out_tasks("5", tasks, fraction)
             assert 1 <= len(test) < len(tasks), (tasks, fraction, test)
     assert held_out_tasks("5", [3], 0.2) == set()
+
+
+def test_paired_comparison_of_held_out_ious():
+    from workers.finetune import paired_comparison
+
+    c = paired_comparison([0.9, 0.5, 0.7, 0.7], [0.8, 0.6, 0.4, 0.7])
+    assert c["held_out_better"] == 2 and c["held_out_worse"] == 1
+    assert abs(c["giou_delta"] - 0.075) < 1e-9
+    # differences 0.1, -0.1, 0.3, 0: sample std 0.170783 / sqrt(4)
+    assert abs(c["giou_delta_se"] - 0.0853913) < 1e-6
+    assert paired_comparison([0.4], [0.6]) == {"giou_delta": -0.2, "giou_delta_se": None, "held_out_better": 0,
+                                                "held_out_worse": 1}
