@@ -79,21 +79,23 @@ def refresh_worker_alive(state: redis.Redis, name: str, value: str) -> None:
     pipe.execute()
 
 
-def _redis_now(state: redis.Redis) -> float:
-    sec, usec = state.time()
-    return sec + usec / 1e6
+# KEYS: alive key, missing-since key; ARGV: grace seconds, expiry of the missing-since key. One atomic call: the
+# first backend process to see the key missing records the time (server clock), and everyone judges from that.
+_WORKER_ALIVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('SET', KEYS[2], string.format('%.6f', now), 'NX', 'EX', ARGV[2])
+if now - tonumber(redis.call('GET', KEYS[2])) < tonumber(ARGV[1]) then return 1 end
+return 0
+"""
 
 
 def worker_alive(state: redis.Redis, name: str, grace_s: float = WORKER_MISSING_GRACE_S) -> bool:
     """Whether worker `name` may still be alive: its liveness key exists, or has been missing for less than
     `grace_s` (seconds since a backend process first saw it missing)."""
-    if state.exists(worker_alive_key(name)):
-        return True
-    now = _redis_now(state)
-    missing = worker_missing_key(name)
-    state.set(missing, repr(now), nx=True, ex=int(grace_s) + WORKER_ALIVE_TTL_S + 60)
-    since = state.get(missing)
-    return since is not None and now - float(since) < grace_s
+    expiry = int(grace_s) + WORKER_ALIVE_TTL_S + 60
+    return state.eval(_WORKER_ALIVE, 2, worker_alive_key(name), worker_missing_key(name), grace_s, expiry) == 1
 
 
 def job_alive(state: redis.Redis, job, alive_statuses) -> bool:
