@@ -193,8 +193,9 @@ def held_out_tasks(project: str, tasks: list, fraction: float) -> set:
     version). At least one task is held out and one trained on."""
     if len(tasks) < 2:
         return set()
-    ranked = sorted(tasks, key=lambda t: _unit_hash(project, t))
-    test = {t for t in ranked if _unit_hash(project, t) < fraction}
+    h = {t: _unit_hash(project, t) for t in tasks}
+    ranked = sorted(tasks, key=h.__getitem__)
+    test = {t for t in ranked if h[t] < fraction}
     if not test:
         test = {ranked[0]}
     elif len(test) == len(tasks):
