@@ -1,6 +1,7 @@
 """Helpers shared by the backend tests (plain functions; fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import time
@@ -109,7 +110,7 @@ def start_redis(directory, port: int = 0, appendonly: bool = False):
 
 
 def stop_processes(procs, timeout: float = 20) -> None:
-    """SIGTERM every (process, log file) pair, then wait (SIGKILL after `timeout`) and close the logs."""
+    """SIGTERM every (process, log file or None) pair, then wait (SIGKILL after `timeout`) and close the logs."""
     import subprocess
 
     for p, _ in procs:
@@ -120,7 +121,26 @@ def stop_processes(procs, timeout: float = 20) -> None:
             p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
-        fh.close()
+            p.wait(5)
+        if fh is not None:
+            fh.close()
+
+
+@contextlib.contextmanager
+def running_redis(directory):
+    """A redis-server (see start_redis) for a test session: yields its URL, skips the tests when redis-server is
+    not installed, stops it at the end."""
+    import pytest
+
+    directory.mkdir()
+    try:
+        proc, url = start_redis(directory)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield url
+    finally:
+        stop_processes([(proc, None)])
 
 
 def add_annotated_project(fake_ls, project: int, first_id: int, n: int) -> None:

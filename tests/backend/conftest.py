@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_support import free_port, save_sharpened_tiny, start_redis, stop_processes, wait_for
+from backend_support import free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for
 from fake_ls import TOKEN, FakeLabelStudio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,15 +42,8 @@ def local_predictor(tiny_checkpoint):
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_root):
-    d = tmp_root / "redis"
-    d.mkdir()
-    try:
-        proc, url = start_redis(d)
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with running_redis(tmp_root / "redis") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

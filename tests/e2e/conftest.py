@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 import requests
 
 from e2e_support import (E2E_HELP, INTERACTIVE_TIMEOUT_S, LS_VERSION, ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, ROOT,
-                         TOKEN, free_port, save_sharpened_tiny, start_redis, stop_processes, wait_for)
+                         TOKEN, free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for)
 
 PY = sys.executable
 
@@ -46,17 +45,6 @@ def _tail(path: Path, n: int = 4000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return ""
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _unavailable(reason: str):
@@ -173,7 +161,7 @@ def _start_ls(venv: Path, data: Path, env: dict, port: int, log: Path):
         # a first start migrates a fresh SQLite database: ~20 s on an idle 2-core machine, minutes on a busy one
         wait_for(up, float(os.environ.get("REFSEG_E2E_LS_START_S", "900")), "Label Studio /health", 0.5)
     except BaseException:
-        _stop(proc)
+        stop_processes([(proc, None)])
         raise
     return proc, time.monotonic() - t0
 
@@ -191,7 +179,7 @@ def label_studio(ls_venv, e2e_root, docroot):
         data.mkdir()
         proc, seconds = _start_ls(ls_venv, data, env, free_port(), log)
         print(f"\n[e2e] Label Studio {LS_VERSION}: first start (migrations) in {seconds:.1f} s")
-        _stop(proc)
+        stop_processes([(proc, None)])
         shutil.rmtree(template, ignore_errors=True)
         shutil.copytree(data, template)
         (template / ".complete").write_text(LS_VERSION)
@@ -205,7 +193,7 @@ def label_studio(ls_venv, e2e_root, docroot):
         ls.get("/api/projects")  # the fixed legacy token works
         yield ls
     finally:
-        _stop(proc)
+        stop_processes([(proc, None)])
 
 
 @pytest.fixture(scope="session")
@@ -215,16 +203,8 @@ def tiny_checkpoint(e2e_root):
 
 @pytest.fixture(scope="session")
 def redis_url(e2e_root):
-    d = e2e_root / "redis"
-    d.mkdir()
-    try:
-        proc, url = start_redis(d)
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    try:
+    with running_redis(e2e_root / "redis") as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(scope="session")
