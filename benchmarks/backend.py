@@ -17,6 +17,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -127,8 +128,6 @@ def bench_stack(args) -> None:
                   f"max {max(times) * 1e3:6.1f} ms  ({len(times)} events; Label Studio gives up at 1000 ms)")
 
         report_webhooks("idle", webhooks(200, 900))
-        import threading
-
         busy: list = []
         runner = threading.Thread(target=lambda: busy.extend(webhooks(200, 901)))
         runner.start()  # 200 events while the batch below keeps the worker busy

@@ -13,13 +13,14 @@ it stopped, on the same batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -168,8 +169,6 @@ class SynthSource:
 
 def _save_data_state(state_dir: Path, rank: int, step: int, src) -> None:
     """This rank's data order and generators (numpy and torch) after `step` steps, written atomically."""
-    import base64
-
     path = state_dir / f"data-rank{rank}.json"
     state_dir.mkdir(parents=True, exist_ok=True)
     torch_rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
@@ -180,8 +179,6 @@ def _save_data_state(state_dir: Path, rank: int, step: int, src) -> None:
 def _load_data_state(state_dir: Path, rank: int, step: int, src) -> bool:
     """Restore what `_save_data_state` wrote at `step`; False (nothing changed) if it is missing or from another
     step (e.g. a kill between this file and state.pt)."""
-    import base64
-
     path = state_dir / f"data-rank{rank}.json"
     try:
         st = json.loads(path.read_text())

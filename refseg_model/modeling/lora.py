@@ -6,11 +6,12 @@ from typing import List, Union
 from torch import nn
 
 
-def add_lora(module: nn.Module, target_modules: Union[List[str], str], rank: int, alpha: int | None = None) -> nn.Module:
+def add_lora(module: nn.Module, target_modules: Union[List[str], str], rank: int,
+             alpha: int | None = None) -> nn.Module:
     """Freeze `module` and inject rank-`rank` LoRA adapters into the named linear layers (in place).
 
-    Only the adapter weights stay trainable. `target_modules` are suffixes of module names, or one regular expression that must match a whole
-    module name (peft semantics).
+    Only the adapter weights stay trainable. `target_modules` are suffixes of module names, or one regular
+    expression that must match a whole module name (peft semantics).
     """
     from peft import LoraConfig, inject_adapter_in_model
 
