@@ -45,6 +45,13 @@ def _bool(env, name: str, default: bool) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
+def _csv(value, default: str) -> str:
+    """A JSON value given as a list ([4, 3, 2]) or a string ("4,3,2") -> "4,3,2"; empty -> `default`."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value or default)
+
+
 def _raster_projects(env) -> Tuple[Tuple[str, str, str], ...]:
     """RASTER_PROJECTS='{"12": {"bands": "4,3,2", "stretch": "2,98"}}' -> (("12", "4,3,2", "2,98"),)."""
     raw = _env(env, "RASTER_PROJECTS")
@@ -62,11 +69,7 @@ def _raster_projects(env) -> Tuple[Tuple[str, str, str], ...]:
         unknown = set(v) - {"bands", "stretch"}
         if unknown:
             raise ValueError(f"RASTER_PROJECTS[{project!r}]: unknown keys {sorted(unknown)} (bands, stretch)")
-        bands = v.get("bands", "")
-        bands = ",".join(str(b) for b in bands) if isinstance(bands, list) else str(bands or "")
-        stretch = v.get("stretch", "auto")
-        stretch = ",".join(str(x) for x in stretch) if isinstance(stretch, list) else str(stretch or "auto")
-        out.append((str(project).strip(), bands, stretch))
+        out.append((str(project).strip(), _csv(v.get("bands"), ""), _csv(v.get("stretch"), "auto")))
     return tuple(out)
 
 
