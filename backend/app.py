@@ -17,16 +17,19 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from jobs.connections import rq_connection, state_connection
+from jobs.settings import Settings
+from jobs.versions import VersionStore
+from labelstudio.labelconfig import LabelConfigError, parse_label_config, project_id
+
 from .auth import install_basic_auth
-from .labelconfig import LabelConfigError, parse_label_config, project_id
 from .metrics import Metrics
 from .predict import PredictService
-from .queues import rq_connection, state_connection
-from .settings import Settings
-from .versions import VersionStore
 from .webhook import WebhookError, WebhookService
 
-MODEL_CLASS = "RefSegBackend"
+# label-studio-ml backends report the class of their in-process model as `model_class` in /health. This process
+# runs no model (the workers do), so the field carries the backend's name, which Label Studio only displays.
+BACKEND_NAME = "RefSegBackend"
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +73,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     @app.get("/health")
     @app.get("/")
     def health():
-        return jsonify(status="UP", model_class=MODEL_CLASS, base_model_version=versions.base.version)
+        return jsonify(status="UP", model_class=BACKEND_NAME, base_model_version=versions.base.version)
 
     @app.post("/setup")
     def setup():

@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imageio import DEFAULT_STRETCH, STATS_MAX_SIDE, GeoReference, RasterReader, Stretch, parse_bands
+from formats.imageio import DEFAULT_STRETCH, STATS_MAX_SIDE, GeoReference, RasterReader, Stretch, parse_bands
+
 from .modeling.refseg import ImageEmbedding
 from .predictor import RefSegPredictor, confidence
 from .transforms import logits_to_original
@@ -130,7 +131,7 @@ class _TiffSource(_Source):
         if self._overview is None:
             raw, valid, f = self.reader.read_overview(STATS_MAX_SIDE, self.bands)
             if self._stretch is None:
-                from .imageio import compute_stretch, parse_stretch
+                from formats.imageio import compute_stretch, parse_stretch
 
                 mode = parse_stretch(self.stretch_mode) if not isinstance(self.stretch_mode, tuple) else self.stretch_mode
                 if mode == "auto":
@@ -230,7 +231,7 @@ def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
 
 def _component_boxes(mask: np.ndarray) -> List[Box]:
     """Bounding boxes (row0, col0, h, w) of the 4-connected components of a small bool mask."""
-    from .geo import mask_to_polygons
+    from formats.geo import mask_to_polygons
 
     boxes = []
     for poly in mask_to_polygons(mask):

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from formats.datasets.interchange import Sample
+from formats.imageio import load_image
+
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .data.augment import random_flip
-from .data.interchange import Sample
-from .imageio import load_image
+from .device import cuda_index, resolve_device
 from .modeling.loss import refseg_loss
 from .transforms import image_to_frame, mask_to_frame
 
@@ -64,6 +66,12 @@ class TrainConfig:
     threads: Optional[int] = None
 
 
+def train_state_dir(out) -> Path:
+    """Where `train` keeps its resume state for the checkpoint `out`: `OUT.train/` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".train")
+
+
 # ------------------------------------------------------------------------------------------ distributed
 def _dist_info() -> Tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
@@ -71,14 +79,14 @@ def _dist_info() -> Tuple[int, int, int]:
 
 def _setup_device(cfg: TrainConfig) -> Tuple[torch.device, int, int]:
     rank, world, local = _dist_info()
-    use_cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
-    if cfg.device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"--device must be auto, cuda or cpu, not {cfg.device!r}")
+    name = resolve_device(cfg.device)
+    use_cuda = torch.cuda.is_available() and name.startswith("cuda")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+        index = cuda_index(name, local, world)
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -110,7 +118,7 @@ class FileSource:
         return img
 
     def batch(self, n: int, step: int, total: int):
-        from .data.public import load_sample_mask
+        from formats.datasets.public import load_sample_mask
 
         items = []
         for _ in range(n):
@@ -227,7 +235,8 @@ def lr_factor(step: int, total: int, warmup_frac: float, min_ratio: float) -> fl
 # ----------------------------------------------------------------------------------------- evaluation
 def quick_eval(model, val, device, batch_size: int = 16) -> Dict[str, float]:
     """Metrics on in-memory (image, mask, expression) triplets, through the predictor's code path."""
-    from .metrics import RefSegMetrics
+    from formats.metrics import RefSegMetrics
+
     from .predictor import RefSegPredictor
 
     was_training = model.training
@@ -273,7 +282,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed + rank)
     is_main = rank == 0
     out = Path(cfg.out)
-    state_dir = out.with_name(out.name + ".train")
+    state_dir = train_state_dir(out)
 
     model, meta = load_model(cfg.init, device)
     base_version = str(meta.get("version", cfg.init))
@@ -286,7 +295,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         val = synth_val_samples(style, cfg.synth_size or size, cfg.max_val) if is_main else []
         total = cfg.steps or 10_000
     else:
-        from .data.public import load_sample_mask, load_samples
+        from formats.datasets.public import load_sample_mask, load_samples
 
         train_samples = load_samples(cfg.data, "train")
         if not train_samples:

@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when the requirement files changed since the last successful install.
 stamp=.venv/.requirements.sha
-want=$(cat requirements.txt requirements-test.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[bootstrap] installing Python requirements (torch from local disk where available)" >&2
   .venv/bin/python -m pip install -q -r requirements-test.txt

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# the layers (pyproject.toml [tool.importlinter]): a forbidden import, lazy ones included, fails here
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest -q "$@"

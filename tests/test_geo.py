@@ -1,4 +1,4 @@
-"""Tests of refseg_model.geo: mask -> polygons (exact areas, holes, saddles), GeoJSON in the scene CRS, GeoTIFF masks."""
+"""Tests of formats.geo: mask -> polygons (exact areas, holes, saddles), GeoJSON in the scene CRS, GeoTIFF masks."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refseg_model.geo import (
+from formats.geo import (
     _inside,
     _ring_area,
     mask_to_geojson,
@@ -16,7 +16,7 @@ from refseg_model.geo import (
     write_geojson,
     write_mask_geotiff,
 )
-from refseg_model.imageio import GeoReference, RasterReader, load_mask, load_raster
+from formats.imageio import GeoReference, RasterReader, load_mask, load_raster
 
 UTM = GeoReference((0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "EPSG:32633")
 

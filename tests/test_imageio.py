@@ -1,4 +1,4 @@
-"""Tests of refseg_model.imageio: PNG/JPEG as before, (Geo)TIFF bands / stretch / nodata / georeference, windows,
+"""Tests of formats.imageio: PNG/JPEG as before, (Geo)TIFF bands / stretch / nodata / georeference, windows,
 overviews, LZW fallback, bad files; and the data set export CLI on a data set holding a 16-bit GeoTIFF."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refseg_model.geo import write_geotiff
-from refseg_model.imageio import (
+from formats.geo import write_geotiff
+from formats.imageio import (
     MAX_IMAGE_PIXELS,
     GeoReference,
     ImageLoadError,
@@ -209,9 +209,9 @@ def test_parsers():
 
 def test_export_cli_round_trip_with_geotiff_images(tmp_path: Path):
     """interchange (with a 16-bit 4-band GeoTIFF image) -> RRSIS-D -> interchange via `refseg export`."""
-    from refseg_model.cli import main
-    from refseg_model.data.interchange import read_interchange, write_annotations
-    from refseg_model.data.public import load_sample_mask, load_samples
+    from cli.main import main
+    from formats.datasets.interchange import read_interchange, write_annotations
+    from formats.datasets.public import load_sample_mask, load_samples
 
     root = tmp_path / "ic"
     (root / "images").mkdir(parents=True)
@@ -251,7 +251,7 @@ def test_export_cli_round_trip_with_geotiff_images(tmp_path: Path):
 def test_image_dimensions_reads_headers_only_and_agrees_with_load_image(tmp_path):
     import tifffile
 
-    from refseg_model.imageio import ImageLoadError, image_dimensions, load_image
+    from formats.imageio import ImageLoadError, image_dimensions, load_image
 
     rgb = np.zeros((30, 40, 3), np.uint8)
     Image.fromarray(rgb).save(tmp_path / "a.png")

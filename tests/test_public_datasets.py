@@ -1,4 +1,4 @@
-"""Tests of refseg_model.data.public: RefSegRS / RISBench / RRSIS-D readers and writers, COCO RLE, safe pickle."""
+"""Tests of formats.datasets.public: RefSegRS / RISBench / RRSIS-D readers and writers, COCO RLE, safe pickle."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from refseg_model.data.interchange import DatasetFormatError, Sample, read_interchange, write_annotations
-from refseg_model.data.public import (
+from formats.datasets.interchange import DatasetFormatError, Sample, read_interchange, write_annotations
+from formats.datasets.public import (
     load_refs_pickle,
     load_sample_mask,
     load_samples,
@@ -30,7 +30,7 @@ from refseg_model.data.public import (
     write_rrsisd,
     write_samples,
 )
-from refseg_model.imageio import load_image
+from formats.imageio import load_image
 
 H = W = 16
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from formats.datasets.public import load_sample_mask, load_samples
+from formats.imageio import load_image
 from refseg_model.checkpoint import load_checkpoint, load_model
-from refseg_model.data.public import load_sample_mask, load_samples
 from refseg_model.data.synth import write_dataset
-from refseg_model.imageio import load_image
 from refseg_model.modeling.loss import refseg_loss
 from refseg_model.train import TrainConfig, collate, train
 
@@ -100,13 +100,13 @@ def test_tiny_training_lowers_loss_and_writes_checkpoint(tmp_path, data_dir):
 
 # ---------------------------------------------------------------------------------------------------- resume
 def test_interrupted_training_resumes(tmp_path, data_dir, capsys):
-    from refseg_model.cli import main
+    from cli.main import main
 
     out = tmp_path / "ckpt"
     state_file = tmp_path / "ckpt.train" / "state.pt"
     argv = ["train", "--data", str(data_dir), "--init", "preset:tiny", "--out", str(out), "--steps", "8",
             "--batch-size", "4", "--eval-every", "2", "--max-val", "2", "--threads", "1", "--no-augment"]
-    proc = subprocess.Popen([sys.executable, "-m", "refseg_model.cli", *argv], cwd=tmp_path, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *argv], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -222,7 +222,7 @@ def dump():
         json.dump(log, fh)
 
 sys.argv = ["refseg", *sys.argv[1:]]
-runpy.run_module("refseg_model.cli", run_name="__main__", alter_sys=True)
+runpy.run_module("cli.main", run_name="__main__", alter_sys=True)
 '''
 
 

@@ -42,8 +42,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from refseg_model.data.interchange import SPLITS, write_annotations
-from refseg_model.imageio import save_mask
+from formats.datasets.interchange import write_annotations
+from formats.datasets.splits import counted_splits
+from formats.imageio import save_mask
 
 STYLES = ("default", "shifted")
 KINDS = ("category", "colour", "size", "position", "relation", "multi")
@@ -882,23 +883,6 @@ class SceneGenerator:
 
 
 # ------------------------------------------------------------------------------------------------ data set
-def _assign_splits(n: int, fractions: Sequence[float], seed: int) -> List[str]:
-    """Per-image split names: counts from the fractions (>= 1 image per positive fraction when n allows),
-    then a seeded shuffle."""
-    f = np.asarray(fractions, float)
-    if f.shape != (len(SPLITS),) or (f < 0).any() or f.sum() <= 0:
-        raise ValueError(f"split_fractions must be {len(SPLITS)} non-negative numbers, not {fractions!r}")
-    f = f / f.sum()
-    counts = np.floor(f * n + 0.5).astype(int)
-    if n >= (f > 0).sum():
-        counts[(f > 0) & (counts == 0)] = 1
-    while counts.sum() > n:
-        counts[int(np.argmax(counts))] -= 1
-    counts[int(np.argmax(f))] += n - counts.sum()
-    names = np.repeat(np.array(SPLITS), counts)
-    return list(names[np.random.default_rng([seed, 7919]).permutation(n)])
-
-
 def write_dataset(out_dir: Union[str, Path], n_images: int, size: int = 128, style: str = "default", seed: int = 0,
                   expressions_per_image: int = 3, split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
                   progress: bool = True, difficulty: float = 1.0) -> int:
@@ -912,7 +896,7 @@ def write_dataset(out_dir: Union[str, Path], n_images: int, size: int = 128, sty
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    splits = _assign_splits(n_images, split_fractions, seed)
+    splits = counted_splits(n_images, split_fractions, seed)
     gen = SceneGenerator(size, style, seed)
     records = []
     for i in tqdm(range(n_images), disable=not progress, desc=f"synth {style}", unit="img"):

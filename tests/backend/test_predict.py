@@ -5,9 +5,8 @@ import time
 
 import numpy as np
 import requests
-from label_studio_sdk.converter.brush import decode_rle
-
 from backend_support import CONFIG_POLYGON, CONFIG_TEXT, CONFIG_TEXTAREA, png, scene, wait_for
+from label_studio_sdk.converter.brush import decode_rle
 
 
 def _decode(region) -> np.ndarray:

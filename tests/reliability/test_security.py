@@ -6,7 +6,6 @@ import time
 
 import redis
 from rq import Queue
-
 from test_bad_input import _assert_alive
 
 

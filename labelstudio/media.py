@@ -21,15 +21,17 @@ import base64
 import binascii
 import ipaddress
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Tuple
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import numpy as np
 import requests
 
-from refseg_model.imageio import ImageLoadError, image_dimensions, is_tiff, load_image, load_raster
+from formats.imageio import ImageLoadError, image_dimensions, is_tiff, load_image, load_raster
 
-from .lsclient import LabelStudioClient
+from .client import LabelStudioClient
 
 MAX_REDIRECTS = 3
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
@@ -39,21 +41,49 @@ class MediaError(ValueError):
     """The image cannot (or may not) be fetched; the message says why."""
 
 
+@dataclass(frozen=True)
+class MediaPolicy:
+    """Where task images may come from, how big they may be, and how (Geo)TIFFs become RGB.
+
+    The service builds it from its settings (`jobs.settings.Settings.media_policy()`); `refseg export` builds
+    one for a user's own project. The defaults here are the deployment defaults.
+    """
+
+    document_root: str = ""  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT, read directly when set
+    allowed_hosts: Tuple[str, ...] = ()  # hosts besides Label Studio's; "*" = any public host
+    max_bytes: int = 100 * 1024 * 1024
+    max_pixels: int = 150_000_000  # refused before decoding (~0.4 GiB as RGB)
+    timeout_s: float = 30.0
+    verify_ssl: bool = True
+    # (Geo)TIFF rendering: 1-based bands ("4,3,2"; "" = 1,2,3) and stretch (auto|none|minmax|"2,98"), with
+    # per-project overrides (project, bands, stretch)
+    raster_bands: str = ""
+    raster_stretch: str = "auto"
+    raster_projects: Tuple[Tuple[str, str, str], ...] = ()
+
+    def raster_for(self, project) -> Tuple[str, str]:
+        """(bands, stretch) for (Geo)TIFF images of `project`: its per-project entry, else the defaults."""
+        for p, bands, stretch in self.raster_projects:
+            if p == str(project):
+                return bands, stretch
+        return self.raster_bands, self.raster_stretch
+
+
 class MediaFetcher:
-    def __init__(self, settings, ls: LabelStudioClient) -> None:
+    def __init__(self, policy: MediaPolicy, ls: LabelStudioClient) -> None:
         self.ls = ls
-        self.doc_root = Path(settings.local_files_document_root).resolve() if settings.local_files_document_root else None
-        self.allowed = set(settings.media_allowed_hosts)
-        self.max_bytes = int(settings.media_max_bytes)
-        self.max_pixels = int(settings.media_max_pixels)
-        self.timeout = (5.0, float(settings.media_timeout_s))
-        self.verify = settings.verify_ssl
+        self.policy = policy
+        self.doc_root = Path(policy.document_root).resolve() if policy.document_root else None
+        self.allowed = set(policy.allowed_hosts)
+        self.max_bytes = int(policy.max_bytes)
+        self.max_pixels = int(policy.max_pixels)
+        self.timeout = (5.0, float(policy.timeout_s))
+        self.verify = policy.verify_ssl
         self.session = requests.Session()
-        self.settings = settings
 
     def image(self, url: str, task_id=None, project=None) -> np.ndarray:
-        """H x W x 3 uint8 (raises MediaError, or refseg_model.imageio.ImageLoadError for undecodable data).
-        (Geo)TIFFs are rendered with the project's bands and stretch (Settings.raster_for), the same way for
+        """H x W x 3 uint8 (raises MediaError, or formats.imageio.ImageLoadError for undecodable data).
+        (Geo)TIFFs are rendered with the project's bands and stretch (MediaPolicy.raster_for), the same way for
         predictions and for fine-tuning."""
         data = self.fetch(url, task_id)
         w, h = image_dimensions(data)  # header only: refuse before decoding (3 bytes per pixel once decoded)
@@ -62,7 +92,7 @@ class MediaFetcher:
                 f"image of {w}x{h} pixels exceeds MEDIA_MAX_PIXELS={self.max_pixels} (it would take "
                 f"{3 * w * h / 2**30:.1f} GiB decoded in the worker); downscale it for annotation, or segment the "
                 f"full scene with `refseg predict --strategy auto`")
-        bands, stretch = self.settings.raster_for(project)
+        bands, stretch = self.policy.raster_for(project)
         if (bands or stretch != "auto") and is_tiff(data):
             return load_raster(data, bands or None, stretch).pixels
         return load_image(data)

@@ -1,4 +1,5 @@
-"""The `refseg` command line: synth, train, eval, predict, presets.
+"""The `refseg` command line (over the model, refseg_model/, and the Label Studio layer, labelstudio/): synth,
+train, eval, predict, export, presets.
 
     refseg synth OUT [--images N]
     refseg train --data DIR [--init demo|PRESET|CKPT] --out CKPT [--plot]
@@ -21,7 +22,7 @@ from typing import List, Optional
 
 
 def cmd_synth(args) -> int:
-    from .data.synth import write_dataset
+    from refseg_model.data.synth import write_dataset
 
     try:
         fractions = tuple(float(x) for x in args.splits.split(","))
@@ -39,8 +40,8 @@ def cmd_synth(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .metrics import format_table
-    from .train import TrainConfig, train
+    from formats.metrics import format_table
+    from refseg_model.train import TrainConfig, train
 
     cfg = TrainConfig(
         data=args.data, out=args.out, init=args.init, steps=args.steps, epochs=args.epochs,
@@ -61,10 +62,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .data.public import load_samples
-    from .evaluate import evaluate_samples
-    from .metrics import format_table
-    from .predictor import RefSegPredictor, resolve_device
+    from formats.datasets.public import load_samples
+    from formats.metrics import format_table
+    from refseg_model.evaluate import evaluate_samples
+    from refseg_model.predictor import RefSegPredictor, resolve_device
 
     samples = load_samples(args.data, args.split)
     if args.limit:
@@ -86,7 +87,7 @@ LARGE_SCENE_SIDE = 2048
 
 
 def cmd_predict(args) -> int:
-    from .imageio import RasterReader, is_tiff, load_raster, parse_bands, parse_stretch, save_mask
+    from formats.imageio import RasterReader, is_tiff, load_raster, parse_bands, parse_stretch, save_mask
 
     if args.threads:
         import torch
@@ -103,7 +104,7 @@ def cmd_predict(args) -> int:
             with RasterReader(args.image) as reader:
                 if max(reader.shape) > LARGE_SCENE_SIDE:
                     strategy = "auto"
-    from .predictor import RefSegPredictor, resolve_device
+    from refseg_model.predictor import RefSegPredictor, resolve_device
 
     predictor = RefSegPredictor.from_spec(args.checkpoint, device=resolve_device(args.device), cache_size=1)
     info = {}
@@ -115,7 +116,7 @@ def cmd_predict(args) -> int:
         if raster.nodata_mask is not None:
             mask = mask & ~raster.nodata_mask
     else:
-        from .large_scene import predict_scene
+        from refseg_model.large_scene import predict_scene
 
         image = None
         res = predict_scene(predictor, args.image, args.expression, strategy=strategy, tile=args.tile,
@@ -126,7 +127,7 @@ def cmd_predict(args) -> int:
                 "seconds": round(res.seconds, 2)}
         strategy = res.strategy
     if geotiff_out:
-        from .geo import write_mask_geotiff
+        from formats.geo import write_mask_geotiff
 
         write_mask_geotiff(mask, out, georef)
     else:
@@ -136,7 +137,7 @@ def cmd_predict(args) -> int:
               "strategy": strategy, "crs": georef.crs if georef else None,
               "transform": list(georef.transform) if georef else None, **info}
     if args.geojson:
-        from .geo import mask_to_geojson, write_geojson
+        from formats.geo import mask_to_geojson, write_geojson
 
         fc = mask_to_geojson(mask, georef, properties={"expression": args.expression, "score": round(score, 4)})
         write_geojson(fc, args.geojson)
@@ -155,7 +156,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     if args.data.startswith(("ls-json:", "ls:")):
         return _export_label_studio(args)
-    from .data.public import load_samples, write_samples
+    from formats.datasets.public import load_samples, write_samples
 
     samples = load_samples(args.data, args.split)
     if not samples:
@@ -168,7 +169,7 @@ def cmd_export(args) -> int:
 
 def _export_label_studio(args) -> int:
     # imported here: backend/workers (web, queue and HTTP code) stay out of refseg_model's import graph
-    from backend.export import export_ls_json, export_ls_project
+    from labelstudio.export import export_ls_json, export_ls_project
 
     kind, _, src = args.data.partition(":")
     try:
@@ -201,7 +202,7 @@ def save_overlay(image, mask, path) -> None:
 
 
 def cmd_presets(args) -> int:
-    from .build import PRESETS, preset_config
+    from refseg_model.build import PRESETS, preset_config
 
     for name in PRESETS:
         cfg = preset_config(name)

@@ -10,10 +10,12 @@ from typing import Dict
 
 import redis
 
+from . import keys
+
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0)
-_JOBS = "refseg:stats:jobs:"  # + kind -> hash {count, sum, failed, le:<bucket>}
-_COUNTERS = "refseg:stats:counters"  # hash name -> int
-_FINETUNE = "refseg:stats:finetune:"  # + project -> hash of the last run's numbers
+_JOBS = keys.STATS_JOBS_PREFIX  # + kind -> hash {count, sum, failed, le:<bucket>}
+_COUNTERS = keys.STATS_COUNTERS  # hash name -> int
+_FINETUNE = keys.STATS_FINETUNE_PREFIX  # + project -> hash of the last run's numbers
 
 
 def record_job(conn: redis.Redis, kind: str, seconds: float, ok: bool) -> None:

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import io
 import math
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping, Optional, Tuple
 
+from labelstudio.media import MediaPolicy
+
 _SECRET_FIELDS = ("label_studio_api_key", "basic_auth_pass")
 
 
@@ -76,7 +78,7 @@ def _raster_projects(env) -> Tuple[Tuple[str, str, str], ...]:
 def _check_raster(name: str, bands: str, stretch: str) -> None:
     """Validate band/stretch strings with the parsers that will apply them (imported only when set: the web
     process otherwise never loads the imaging code)."""
-    from refseg_model.imageio import parse_bands, parse_stretch
+    from formats.imageio import parse_bands, parse_stretch
 
     try:
         parse_bands(bands or None)
@@ -101,14 +103,14 @@ class Settings:
     train_every_n_annotations: int = 10  # 0 = train only on START_TRAINING
     local_files_document_root: str = ""
     media_allowed_hosts: Tuple[str, ...] = ()  # hosts (besides LS's) task images may be downloaded from; "*" = any public
-    media_max_bytes: int = 100 * 1024 * 1024
+    media_max_bytes: int = MediaPolicy.max_bytes
     # how (Geo)TIFF task images become RGB: 1-based bands ("4,3,2"; "" = 1,2,3) and stretch (auto|none|minmax|
     # "2,98" percentiles); per project in RASTER_PROJECTS. Other formats load as they are.
     raster_bands: str = ""
     raster_stretch: str = "auto"
     raster_projects: Tuple[Tuple[str, str, str], ...] = ()  # (project, bands, stretch)
-    media_max_pixels: int = 150_000_000  # task images larger than this are refused before decoding (~0.4 GiB RGB)
-    media_timeout_s: float = 30.0
+    media_max_pixels: int = MediaPolicy.max_pixels  # larger task images are refused before decoding
+    media_timeout_s: float = MediaPolicy.timeout_s
     verify_ssl: bool = True
     log_level: str = "INFO"
     model_cache_size: int = 2  # models (versions) a worker keeps loaded at once
@@ -167,12 +169,16 @@ class Settings:
             finetune_timeout_s=max(60, _int(env, "FINETUNE_TIMEOUT_S", cls.finetune_timeout_s)),
         )
 
+    def media_policy(self) -> MediaPolicy:
+        """The task-image rules of this deployment, for labelstudio.media.MediaFetcher."""
+        return MediaPolicy(document_root=self.local_files_document_root, allowed_hosts=self.media_allowed_hosts,
+                           max_bytes=self.media_max_bytes, max_pixels=self.media_max_pixels,
+                           timeout_s=self.media_timeout_s, verify_ssl=self.verify_ssl, raster_bands=self.raster_bands,
+                           raster_stretch=self.raster_stretch, raster_projects=self.raster_projects)
+
     def raster_for(self, project) -> Tuple[str, str]:
         """(bands, stretch) for (Geo)TIFF images of `project`: its RASTER_PROJECTS entry, else the defaults."""
-        for p, bands, stretch in self.raster_projects:
-            if p == str(project):
-                return bands, stretch
-        return self.raster_bands, self.raster_stretch
+        return self.media_policy().raster_for(project)
 
     @property
     def basic_auth_enabled(self) -> bool:

@@ -28,7 +28,7 @@ Layouts (see docs/model.md sections 1.7 and 7):
   sample's mask with `load_sample_mask`, which handles both this form and plain mask files.
 
 `load_samples("rrsis-d:PATH" | "rrsisd:PATH" | "refsegrs:PATH" | "risbench:PATH" | "PATH")` dispatches on the
-prefix; a plain path is the interchange layout (refseg_model.data.interchange). `write_samples` is the inverse.
+prefix; a plain path is the interchange layout (formats.datasets.interchange). `write_samples` is the inverse.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ from typing import Any, Callable, Dict, Iterable, List, MutableMapping, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from refseg_model.data.interchange import SPLITS, DatasetFormatError, Sample, read_interchange, write_annotations
-from refseg_model.imageio import load_image, load_mask, save_mask
+from formats.datasets.interchange import SPLITS, DatasetFormatError, Sample, read_interchange, write_annotations
+from formats.imageio import load_image, load_mask, save_mask
 
 PathLike = Union[str, Path]
 

@@ -1,7 +1,7 @@
 """Georeferenced outputs: masks as GeoTIFFs and as GeoJSON polygons in the scene's CRS.
 
-    from refseg_model.imageio import load_raster
-    from refseg_model.geo import write_mask_geotiff, mask_to_geojson
+    from formats.imageio import load_raster
+    from formats.geo import write_mask_geotiff, mask_to_geojson
 
     raster = load_raster("scene.tif", bands="4,3,2")
     ...                                                   # mask: H x W bool from the predictor

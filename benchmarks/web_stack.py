@@ -6,7 +6,7 @@ Prints
   2. throughput of a 200-task "Retrieve predictions" batch with 1 and with 2 workers;
   3. /webhook latency (ANNOTATION_CREATED, what Label Studio sends inside the annotator's save with a 1 s timeout):
      idle, and while the 1-worker batch runs;
-  4. brush RLE: backend.brush.mask_to_rle vs label-studio-sdk's mask2rle on a 4096x4096 mask (identical output
+  4. brush RLE: labelstudio.brush.mask_to_rle vs label-studio-sdk's mask2rle on a 4096x4096 mask (identical output
      and speed ratio).
 
 Run:  PYTHONPATH=. .venv/bin/python benchmarks/backend.py [--model preset:tiny] [--image 512] [--tasks 200]
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import requests
-
 from bench_stack import CONFIG, CONFIG_PROMPT, ROOT, Stack, free_port, image_server, pct, png
 
 
@@ -63,7 +62,7 @@ def bench_stack(args) -> None:
 
         import torch
 
-        from refseg_model.imageio import load_image
+        from formats.imageio import load_image
         from refseg_model.predictor import RefSegPredictor
 
         torch.set_num_threads(args.threads)

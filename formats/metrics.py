@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
-
-if TYPE_CHECKING:  # torch is imported lazily in batch_intersection_union
-    import torch
 
 DEFAULT_THRESHOLDS: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -78,29 +75,6 @@ def sample_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return iou_from_counts(*intersection_union(pred, gt))
 
 
-def batch_intersection_union(pred: "torch.Tensor", gt: "torch.Tensor") -> Tuple["torch.Tensor", "torch.Tensor"]:
-    """Per-sample intersection and union counts for a batch, on the tensors' device.
-
-    Args:
-        pred: B x H x W bool tensor (other dtypes: non-zero = target).
-        gt: B x H x W tensor of the same shape.
-
-    Returns:
-        (inter, union): two int64 tensors of shape B. Feed them to `RefSegMetrics.add_counts` together with
-        `iou_from_counts(inter[i], union[i])`.
-    """
-    import torch  # lazy: the module imports without torch
-
-    if pred.dim() != 3 or pred.shape != gt.shape:
-        raise ValueError(f"pred and gt must both be B x H x W with the same shape, got {tuple(pred.shape)} "
-                         f"and {tuple(gt.shape)}")
-    p = pred if pred.dtype == torch.bool else pred != 0
-    g = gt if gt.dtype == torch.bool else gt != 0
-    inter = (p & g).flatten(1).sum(dim=1, dtype=torch.int64)
-    union = (p | g).flatten(1).sum(dim=1, dtype=torch.int64)
-    return inter, union
-
-
 @dataclass
 class RefSegMetrics:
     """Accumulator of the RRSIS metrics over a split.
@@ -126,7 +100,7 @@ class RefSegMetrics:
         return iou
 
     def add_counts(self, inter: int, union: int, iou: float) -> None:
-        """Add one sample from its counts (e.g. after `batch_intersection_union` or a distributed gather)."""
+        """Add one sample from its counts (e.g. after refseg_model.evaluate.batch_intersection_union or a distributed gather)."""
         inter, union, iou = int(inter), int(union), float(iou)
         if inter < 0 or union < 0 or inter > union:
             raise ValueError(f"invalid counts: intersection {inter}, union {union}")

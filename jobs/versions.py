@@ -10,6 +10,7 @@ read from the checkpoint's JSON config (the web process never imports torch).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from typing import List
 
 import redis
 
-PROJECTS_KEY = "refseg:projects"
+from . import keys
+
+PROJECTS_KEY = keys.PROJECTS
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,7 @@ def base_model_version(spec: str) -> str:
     if spec.startswith("preset:"):
         return f"{spec[len('preset:'):]}-init"
     if spec == "demo":
-        import refseg_model  # the package itself is torch-free; only its submodules import torch
-
-        path = Path(refseg_model.__file__).resolve().parent / "assets" / "demo"
+        path = _demo_checkpoint_dir()
     else:
         path = Path(spec)
     try:
@@ -46,12 +47,21 @@ def base_model_version(spec: str) -> str:
         return spec if spec == "demo" or "/" in spec else f"{spec}-init"
 
 
+def _demo_checkpoint_dir() -> Path:
+    """The demo checkpoint shipped inside the refseg_model package, found without importing it (the web
+    process never imports the model package; only its config.json is read here)."""
+    spec = importlib.util.find_spec("refseg_model")
+    if spec is None or not spec.submodule_search_locations:
+        return Path("refseg_model") / "assets" / "demo"
+    return Path(list(spec.submodule_search_locations)[0]).resolve() / "assets" / "demo"
+
+
 def _model_key(project: str) -> str:
-    return f"refseg:project:{project}:model"
+    return keys.project(project, "model")
 
 
 def _history_key(project: str) -> str:
-    return f"refseg:project:{project}:history"
+    return keys.project(project, "history")
 
 
 class VersionStore:
@@ -83,6 +93,11 @@ class VersionStore:
     def reset(self, project: str) -> None:
         """Back to the base model (history kept): for operators, e.g. after deleting MODEL_DIR."""
         self.state.delete(_model_key(project))
+
+
+def next_finetune_number(state: redis.Redis, project: str) -> int:
+    """1, 2, 3, ... per project: numbers the versions a project's fine-tunes produce (never reused)."""
+    return int(state.incr(keys.project(project, "ft_counter")))
 
 
 def new_version_name(base: ModelVersion, project: str, n: int) -> str:

@@ -19,6 +19,8 @@ from typing import Callable
 
 import redis
 
+from . import keys
+
 ENQUEUE, ALREADY_QUEUED, RERUN_REQUESTED = "enqueued", "already-queued", "rerun-requested"
 
 _REQUEST = """
@@ -54,8 +56,8 @@ return 0
 
 
 def _keys(project: str):
-    p = f"refseg:project:{project}"
-    return [f"{p}:train:queued", f"{p}:train:running", f"{p}:train:rerun", f"{p}:new_annotations"]
+    return [keys.project(project, "train:queued"), keys.project(project, "train:running"),
+            keys.project(project, "train:rerun"), keys.project(project, "new_annotations")]
 
 
 def new_job_id(project: str) -> str:
