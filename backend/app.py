@@ -94,6 +94,8 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         context = params.get("context") if isinstance(params.get("context"), dict) else None
         if context and context.get("result"):
             results = [predictor.interactive(project, cfg, task, context) for task in tasks]
+        elif context is not None and "result" in context:  # interactive, but nothing typed or clicked
+            results = predictor.nothing_to_suggest(project, tasks)
         else:
             results = predictor.batch(project, cfg, tasks)
         return jsonify(results=results)

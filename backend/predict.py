@@ -25,7 +25,7 @@ from jobs.handoff import PENDING_TTL_S, POSTED, done_key, give_up, pending_key, 
 from jobs.liveness import ALIVE, job_alive
 from jobs.queues import BATCH, INTERACTIVE, enqueue_predict
 from labelstudio.labelconfig import ProjectConfig, task_expression
-from labelstudio.predictions import error_result, pending_result, task_id
+from labelstudio.predictions import error_result, no_suggestion, pending_result, task_id
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,12 @@ class PredictService:
         return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------------------------------- interactive
+    def nothing_to_suggest(self, project: str, tasks: List[dict]) -> List[dict]:
+        """An interactive request with an empty prompt (nothing typed, no click): the editor sends one right
+        after Submit/Update. Answering it with the task's suggestion would offer a duplicate; no job runs."""
+        version = self.versions.current(project).version
+        return [no_suggestion(version) for _ in tasks]
+
     def interactive(self, project: str, cfg: ProjectConfig, task: dict, context: dict) -> dict:
         t0 = time.monotonic()
         version = self.versions.current(project).version

@@ -22,6 +22,11 @@ def error_result(version: str, message: str) -> dict:
     return {"result": [], "score": 0.0, "model_version": version, "error": message}
 
 
+def no_suggestion(version: str) -> dict:
+    """An answer that suggests nothing (no region, no error): for an interactive request with no prompt."""
+    return {"result": [], "score": 0.0, "model_version": version}
+
+
 def pending_result(version: str) -> dict:
     return {"score": 0.0, "model_version": f"{version}-pending", "pending": True}
 
