@@ -87,7 +87,11 @@ LARGE_SCENE_SIDE = 2048
 
 
 def cmd_predict(args) -> int:
-    from formats.imageio import RasterReader, is_tiff, load_raster, parse_bands, parse_stretch, save_mask
+    from formats.image_source import is_tiff
+    from formats.images import save_mask
+    from formats.raster import load_raster
+    from formats.raster_reader import RasterReader
+    from formats.stretch import parse_bands, parse_stretch
 
     if args.threads:
         import torch

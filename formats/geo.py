@@ -1,6 +1,6 @@
 """Georeferenced outputs: masks as GeoTIFFs and as GeoJSON polygons in the scene's CRS.
 
-    from formats.imageio import load_raster
+    from formats.raster import load_raster
     from formats.geo import write_mask_geotiff, mask_to_geojson
 
     raster = load_raster("scene.tif", bands="4,3,2")
@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .imageio import (
+from formats.georef import (
     KEY_GEOGRAPHIC_TYPE,
     KEY_MODEL_TYPE,
     KEY_PROJECTED_TYPE,
@@ -39,8 +39,8 @@ from .imageio import (
     TAG_TIEPOINT,
     TAG_TRANSFORMATION,
     GeoReference,
-    _tifffile,
 )
+from formats.tiff_codecs import tifffile_module
 
 PathLike = Union[str, Path]
 TILE = 512
@@ -112,7 +112,7 @@ def write_geotiff(path: PathLike, data: Union[np.ndarray, Callable[[int, int, in
         georef: transform + CRS (+ GeoKeys) to write; None for a plain TIFF.
         compression, level: "zlib" (deflate, readable everywhere), "lzma", "packbits" or None; zlib level 1-9.
     """
-    tifffile = _tifffile()
+    tifffile = tifffile_module()
     if callable(data):
         if shape is None or dtype is None:
             raise ValueError("shape and dtype are required when data is a tile function")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from formats.datasets.interchange import Sample
-from formats.imageio import load_image
+from formats.images import load_image
 from formats.metrics import RefSegMetrics
 
 from .predictor import RefSegPredictor

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from formats.datasets.interchange import Sample
-from formats.imageio import load_image
+from formats.images import load_image
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .data.augment import random_flip

@@ -16,7 +16,10 @@ from formats.geo import (
     write_geojson,
     write_mask_geotiff,
 )
-from formats.imageio import GeoReference, RasterReader, load_mask, load_raster
+from formats.georef import GeoReference
+from formats.images import load_mask
+from formats.raster import load_raster
+from formats.raster_reader import RasterReader
 
 UTM = GeoReference((0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "EPSG:32633")
 

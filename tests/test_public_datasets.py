@@ -30,7 +30,7 @@ from formats.datasets.public import (
     write_rrsisd,
     write_samples,
 )
-from formats.imageio import load_image
+from formats.images import load_image
 
 H = W = 16
 

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from formats.datasets.interchange import SPLITS, DatasetFormatError, Sample, read_interchange, write_annotations
-from formats.imageio import load_image, load_mask, save_mask
+from formats.images import load_image, load_mask, save_mask
 
 PathLike = Union[str, Path]
 
@@ -436,9 +436,9 @@ def _ann_mask(index: Dict[str, Dict[str, Any]], ann_id: str, where: str) -> np.n
 def load_sample_mask(sample: Union[Sample, PathLike], cache: Optional[MutableMapping[str, Any]] = None) -> np.ndarray:
     """The mask of a sample (or a mask path) as an H x W bool array.
 
-    Plain paths go through imageio.load_mask (any non-zero pixel is target). INSTANCES#ann=<id> paths are decoded
-    from the COCO file, parsed once per file and kept in `cache` (a dict you own) or, when None, in a small
-    module-level cache.
+    Plain paths go through formats.images.load_mask (any non-zero pixel is target). INSTANCES#ann=<id> paths are
+    decoded from the COCO file, parsed once per file and kept in `cache` (a dict you own) or, when None, in a
+    small module-level cache.
     """
     mask = sample.mask if isinstance(sample, Sample) else sample
     ref = parse_ann_mask_path(mask)

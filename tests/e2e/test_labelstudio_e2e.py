@@ -51,7 +51,7 @@ def data(e2e_root, docroot):
     """Synthetic 128 px scenes (3 expressions each) in the local-files storage folder docroot/ds."""
     from formats.datasets.interchange import read_interchange
     from formats.datasets.public import load_sample_mask
-    from formats.imageio import load_image
+    from formats.images import load_image
     from refseg_model.data.synth import write_dataset
 
     synth = e2e_root / "synth"
