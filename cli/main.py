@@ -62,7 +62,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from formats.datasets.public import load_samples
+    from formats.datasets.layouts import load_samples
     from formats.metrics import format_table
     from refseg_model.evaluate import evaluate_samples
     from refseg_model.predictor import RefSegPredictor, resolve_device
@@ -160,7 +160,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     if args.data.startswith(("ls-json:", "ls:")):
         return _export_label_studio(args)
-    from formats.datasets.public import load_samples, write_samples
+    from formats.datasets.layouts import load_samples, write_samples
 
     samples = load_samples(args.data, args.split)
     if not samples:

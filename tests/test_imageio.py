@@ -206,7 +206,8 @@ def test_export_cli_round_trip_with_geotiff_images(tmp_path: Path):
     """interchange (with a 16-bit 4-band GeoTIFF image) -> RRSIS-D -> interchange via `refseg export`."""
     from cli.main import main
     from formats.datasets.interchange import read_interchange, write_annotations
-    from formats.datasets.public import load_sample_mask, load_samples
+    from formats.datasets.layouts import load_samples
+    from formats.datasets.sample_mask import load_sample_mask
 
     root = tmp_path / "ic"
     (root / "images").mkdir(parents=True)
