@@ -49,8 +49,8 @@ def default_checkpoint() -> str:
 
 def make_scene(path: Path, size: int, town: int, seed: int = 0) -> dict:
     """Write the scene GeoTIFF; return the ground truth (town box, expression, mask file)."""
-    from formats.geo import write_geotiff
     from formats.georef import GeoReference
+    from formats.geotiff_writer import write_geotiff
     from refseg_model.data.synth import SceneGenerator
 
     gen = SceneGenerator(size=town, style="default", seed=seed)

@@ -131,7 +131,7 @@ def cmd_predict(args) -> int:
                 "seconds": round(res.seconds, 2)}
         strategy = res.strategy
     if geotiff_out:
-        from formats.geo import write_mask_geotiff
+        from formats.geotiff_writer import write_mask_geotiff
 
         write_mask_geotiff(mask, out, georef)
     else:
@@ -141,7 +141,7 @@ def cmd_predict(args) -> int:
               "strategy": strategy, "crs": georef.crs if georef else None,
               "transform": list(georef.transform) if georef else None, **info}
     if args.geojson:
-        from formats.geo import mask_to_geojson, write_geojson
+        from formats.mask_polygons import mask_to_geojson, write_geojson
 
         fc = mask_to_geojson(mask, georef, properties={"expression": args.expression, "score": round(score, 4)})
         write_geojson(fc, args.geojson)

@@ -233,7 +233,7 @@ def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
 
 def _component_boxes(mask: np.ndarray) -> List[Box]:
     """Bounding boxes (row0, col0, h, w) of the 4-connected components of a small bool mask."""
-    from formats.geo import mask_to_polygons
+    from formats.mask_polygons import mask_to_polygons
 
     boxes = []
     for poly in mask_to_polygons(mask):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from formats.geo import write_geotiff
 from formats.georef import GeoReference
+from formats.geotiff_writer import write_geotiff
 from formats.image_source import MAX_IMAGE_PIXELS, ImageLoadError
 from formats.images import load_image, load_mask, save_mask
 from formats.raster import load_raster
