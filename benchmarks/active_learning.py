@@ -242,7 +242,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
     args = ap.parse_args()
 
-    from formats.datasets.public import load_sample_mask, load_samples
+    from formats.datasets.layouts import load_samples
+    from formats.datasets.sample_mask import load_sample_mask
 
     pool = load_samples(args.data, args.split)
     random.Random(args.seed).shuffle(pool)

@@ -62,7 +62,7 @@ def bench_stack(args) -> None:
 
         import torch
 
-        from formats.imageio import load_image
+        from formats.images import load_image
         from refseg_model.predictor import RefSegPredictor
 
         torch.set_num_threads(args.threads)

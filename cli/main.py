@@ -62,7 +62,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from formats.datasets.public import load_samples
+    from formats.datasets.layouts import load_samples
     from formats.metrics import format_table
     from refseg_model.evaluate import evaluate_samples
     from refseg_model.predictor import RefSegPredictor, resolve_device
@@ -87,7 +87,11 @@ LARGE_SCENE_SIDE = 2048
 
 
 def cmd_predict(args) -> int:
-    from formats.imageio import RasterReader, is_tiff, load_raster, parse_bands, parse_stretch, save_mask
+    from formats.image_source import is_tiff
+    from formats.images import save_mask
+    from formats.raster import load_raster
+    from formats.raster_reader import RasterReader
+    from formats.stretch import parse_bands, parse_stretch
 
     if args.threads:
         import torch
@@ -127,7 +131,7 @@ def cmd_predict(args) -> int:
                 "seconds": round(res.seconds, 2)}
         strategy = res.strategy
     if geotiff_out:
-        from formats.geo import write_mask_geotiff
+        from formats.geotiff_writer import write_mask_geotiff
 
         write_mask_geotiff(mask, out, georef)
     else:
@@ -137,7 +141,7 @@ def cmd_predict(args) -> int:
               "strategy": strategy, "crs": georef.crs if georef else None,
               "transform": list(georef.transform) if georef else None, **info}
     if args.geojson:
-        from formats.geo import mask_to_geojson, write_geojson
+        from formats.mask_polygons import mask_to_geojson, write_geojson
 
         fc = mask_to_geojson(mask, georef, properties={"expression": args.expression, "score": round(score, 4)})
         write_geojson(fc, args.geojson)
@@ -156,7 +160,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     if args.data.startswith(("ls-json:", "ls:")):
         return _export_label_studio(args)
-    from formats.datasets.public import load_samples, write_samples
+    from formats.datasets.layouts import load_samples, write_samples
 
     samples = load_samples(args.data, args.split)
     if not samples:

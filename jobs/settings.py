@@ -78,7 +78,7 @@ def _raster_projects(env) -> Tuple[Tuple[str, str, str], ...]:
 def _check_raster(name: str, bands: str, stretch: str) -> None:
     """Validate band/stretch strings with the parsers that will apply them (imported only when set: the web
     process otherwise never loads the imaging code)."""
-    from formats.imageio import parse_bands, parse_stretch
+    from formats.stretch import parse_bands, parse_stretch
 
     try:
         parse_bands(bands or None)

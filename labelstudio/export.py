@@ -14,7 +14,7 @@ searched for the file (`?d=` path, path after /data/, or the bare file name). Im
 
 The interchange layout is written directly (images/task<ID>.<ext>, masks/task<ID>.png, annotations.jsonl);
 the other layouts (rrsis-d, refsegrs, risbench) are written from a temporary interchange copy by
-formats.datasets.public.write_samples.
+formats.datasets.layouts.write_samples.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from formats.datasets.interchange import read_interchange, write_annotations
-from formats.datasets.public import write_samples
+from formats.datasets.layouts import write_samples
 from formats.datasets.splits import stable_splits
 
 from .client import LabelStudioClient, LabelStudioError

@@ -29,7 +29,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import numpy as np
 import requests
 
-from formats.imageio import ImageLoadError, image_dimensions, is_tiff, load_image, load_raster
+from formats.image_source import ImageLoadError, is_tiff
+from formats.images import image_dimensions, load_image
+from formats.raster import load_raster
 
 from .client import LabelStudioClient
 
@@ -82,7 +84,7 @@ class MediaFetcher:
         self.session = requests.Session()
 
     def image(self, url: str, task_id=None, project=None) -> np.ndarray:
-        """H x W x 3 uint8 (raises MediaError, or formats.imageio.ImageLoadError for undecodable data).
+        """H x W x 3 uint8 (raises MediaError, or formats.image_source.ImageLoadError for undecodable data).
         (Geo)TIFFs are rendered with the project's bands and stretch (MediaPolicy.raster_for), the same way for
         predictions and for fine-tuning."""
         data = self.fetch(url, task_id)

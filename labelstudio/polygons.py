@@ -1,7 +1,7 @@
 """Masks <-> Label Studio polygons (PolygonLabels), in percent of the image size.
 
-Outlines are traced along pixel edges by formats.geo.mask_to_polygons (the tracer the GeoJSON export uses too),
-so a polygon drawn back with `polygon_mask` covers the pixels it came from.
+Outlines are traced along pixel edges by formats.mask_polygons.mask_to_polygons (the tracer the GeoJSON export uses
+too), so a polygon drawn back with `polygon_mask` covers the pixels it came from.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import List
 
 import numpy as np
 
-from formats.geo import mask_to_polygons, polygon_pixel_area
+from formats.mask_polygons import mask_to_polygons, polygon_pixel_area
 
 MAX_POLYGON_POINTS = 256  # per polygon; denser outlines are thinned evenly (editable in LS, lossy)
 MIN_POLYGON_AREA_PX = 4.0

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from formats.imageio import ImageLoadError, load_image, save_mask
+from formats.image_source import ImageLoadError
+from formats.images import load_image, save_mask
 
 from .brush import rle_to_mask
 from .labelconfig import ProjectConfig, textarea_text

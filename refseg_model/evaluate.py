@@ -7,8 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from formats.datasets.interchange import Sample
-from formats.imageio import load_image
+from formats.datasets.sample import Sample
+from formats.images import load_image
 from formats.metrics import RefSegMetrics
 
 from .predictor import RefSegPredictor
@@ -26,7 +26,7 @@ def evaluate_samples(
 
     With `per_sample` (a list), each sample's IoU is appended to it in order.
     """
-    from formats.datasets.public import load_sample_mask
+    from formats.datasets.sample_mask import load_sample_mask
 
     @lru_cache(maxsize=2 * batch_size)
     def image(path: str) -> np.ndarray:

@@ -52,7 +52,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from formats.imageio import DEFAULT_STRETCH, STATS_MAX_SIDE, GeoReference, RasterReader, Stretch, parse_bands
+from formats.georef import GeoReference
+from formats.raster_reader import STATS_MAX_SIDE, RasterReader
+from formats.stretch import DEFAULT_STRETCH, Stretch, parse_bands
 
 from .modeling.refseg import ImageEmbedding
 from .predictor import RefSegPredictor, confidence
@@ -131,7 +133,7 @@ class _TiffSource(_Source):
         if self._overview is None:
             raw, valid, f = self.reader.read_overview(STATS_MAX_SIDE, self.bands)
             if self._stretch is None:
-                from formats.imageio import compute_stretch, parse_stretch
+                from formats.stretch import compute_stretch, parse_stretch
 
                 mode = parse_stretch(self.stretch_mode) if not isinstance(self.stretch_mode, tuple) else self.stretch_mode
                 if mode == "auto":
@@ -231,7 +233,7 @@ def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
 
 def _component_boxes(mask: np.ndarray) -> List[Box]:
     """Bounding boxes (row0, col0, h, w) of the 4-connected components of a small bool mask."""
-    from formats.geo import mask_to_polygons
+    from formats.mask_polygons import mask_to_polygons
 
     boxes = []
     for poly in mask_to_polygons(mask):
@@ -285,7 +287,7 @@ def predict_scene(
     Args:
         strategy: "auto" | "tile" | "coarse" | "naive" (see the module docstring).
         tile: window side in full-resolution pixels; overlap: fraction of `tile` shared by neighbours.
-        bands, stretch: band selection and stretch for (Geo)TIFF sources (see imageio.load_raster).
+        bands, stretch: band selection and stretch for (Geo)TIFF sources (see formats.raster.load_raster).
         min_score: confidence a window (or the overview, for auto) needs to count.
         margin: coarse: dilation of the overview mask, in full-resolution px (default tile // 2).
         progress: called as progress(done, total) after each batch of windows.

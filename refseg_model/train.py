@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from formats.datasets.interchange import Sample
-from formats.imageio import load_image
+from formats.datasets.sample import Sample
+from formats.images import load_image
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .data.augment import random_flip
@@ -118,7 +118,7 @@ class FileSource:
         return img
 
     def batch(self, n: int, step: int, total: int):
-        from formats.datasets.public import load_sample_mask
+        from formats.datasets.sample_mask import load_sample_mask
 
         items = []
         for _ in range(n):
@@ -295,7 +295,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         val = synth_val_samples(style, cfg.synth_size or size, cfg.max_val) if is_main else []
         total = cfg.steps or 10_000
     else:
-        from formats.datasets.public import load_sample_mask, load_samples
+        from formats.datasets.layouts import load_samples
+        from formats.datasets.sample_mask import load_sample_mask
 
         train_samples = load_samples(cfg.data, "train")
         if not train_samples:

@@ -13,8 +13,9 @@ import pytest
 
 from cli.main import main as refseg
 from formats.datasets.interchange import read_interchange
-from formats.datasets.public import load_sample_mask, read_rrsisd
-from formats.imageio import load_image
+from formats.datasets.rrsisd import read_rrsisd
+from formats.datasets.sample_mask import load_sample_mask
+from formats.images import load_image
 from labelstudio.brush import brush_region
 from refseg_model.data.synth import write_dataset
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import refseg_model.large_scene as ls
-from formats.geo import write_geotiff
-from formats.imageio import GeoReference, load_raster
+from formats.georef import GeoReference
+from formats.geotiff_writer import write_geotiff
+from formats.raster import load_raster
 
 UTM = GeoReference((0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "EPSG:32633")
 

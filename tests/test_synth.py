@@ -6,8 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from formats.datasets.interchange import SPLITS, read_interchange
-from formats.imageio import load_image, load_mask
+from formats.datasets.interchange import read_interchange
+from formats.datasets.sample import SPLITS
+from formats.images import load_image, load_mask
 from refseg_model.data.synth import KINDS, STYLES, Scene, SceneGenerator, write_dataset
 
 

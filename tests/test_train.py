@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from formats.datasets.public import load_sample_mask, load_samples
-from formats.imageio import load_image
+from formats.datasets.layouts import load_samples
+from formats.datasets.sample_mask import load_sample_mask
+from formats.images import load_image
 from refseg_model.checkpoint import load_checkpoint, load_model
 from refseg_model.data.synth import write_dataset
 from refseg_model.modeling.loss import refseg_loss

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from rq import get_current_job
 
-from formats.imageio import ImageLoadError
+from formats.image_source import ImageLoadError
 from jobs import stats
 from jobs.handoff import POSTED_GRACE_S, deliver, pending_key, posted_marker
 from labelstudio.labelconfig import ProjectConfig

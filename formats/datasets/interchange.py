@@ -1,32 +1,25 @@
-"""The project's interchange layout.
+"""The project's interchange layout: reader and writers.
 
     DIR/annotations.jsonl   one JSON object per line:
         {"image": "images/x.png", "mask": "masks/y.png", "expression": "...", "split": "train|val|test"}
     paths relative to DIR; masks are 8-bit with 255 = target (any non-zero counts as target when read).
+
+`read_interchange` reads it; `write_annotations` writes the annotation file of records already in place (what
+generators of new data sets use); `write_interchange` writes samples of any layout, copying their images and
+masks.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
-SPLITS = ("train", "val", "test")
+from formats.datasets.sample import SPLITS, DatasetFormatError, PathLike, Sample
+from formats.datasets.sample_mask import load_sample_mask
+from formats.datasets.writing import copy_image
+from formats.images import save_mask
+
 ANNOTATIONS = "annotations.jsonl"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image-expression-mask triplet; `image` and `mask` are absolute paths."""
-
-    image: Path
-    mask: Path
-    expression: str
-    split: str = "train"
-
-
-class DatasetFormatError(ValueError):
-    """A data set file that does not follow its documented layout."""
 
 
 def read_interchange(root: Union[str, Path], split: Optional[str] = None) -> List[Sample]:
@@ -67,3 +60,31 @@ def write_annotations(root: Union[str, Path], records: Iterable[dict]) -> Path:
             fh.write("\n")
     tmp.replace(out)
     return out
+
+
+def write_interchange(samples: Iterable[Sample], out_root: PathLike) -> Path:
+    """Write samples in the interchange layout: images copied to images/, masks as 0/255 PNG in masks/.
+
+    Works for every sample kind (plain mask files and INSTANCES#ann= masks). Returns DIR/annotations.jsonl.
+    """
+    out_root = Path(out_root)
+    (out_root / "images").mkdir(parents=True, exist_ok=True)
+    (out_root / "masks").mkdir(parents=True, exist_ok=True)
+    image_names: Dict[str, str] = {}
+    mask_names: Dict[str, str] = {}
+    cache: Dict[str, Any] = {}
+    records = []
+    for k, s in enumerate(samples):
+        if s.split not in SPLITS:
+            raise ValueError(f"sample {k}: split {s.split!r} is not one of {SPLITS}")
+        ik, mk = str(s.image), str(s.mask)
+        if ik not in image_names:
+            dst = copy_image(Path(s.image), out_root / "images" / f"{len(image_names):06d}")
+            image_names[ik] = f"images/{dst.name}"
+        if mk not in mask_names:
+            name = f"masks/{len(mask_names):06d}.png"
+            save_mask(load_sample_mask(s, cache), out_root / name)
+            mask_names[mk] = name
+        records.append({"image": image_names[ik], "mask": mask_names[mk], "expression": s.expression,
+                        "split": s.split})
+    return write_annotations(out_root, records)

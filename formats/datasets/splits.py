@@ -14,7 +14,7 @@ from typing import Dict, Hashable, List, Sequence
 
 import numpy as np
 
-from .interchange import SPLITS
+from .sample import SPLITS
 
 
 def _fractions(fractions: Sequence[float], k: int) -> np.ndarray:

@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from formats.datasets.interchange import write_annotations
 from formats.datasets.splits import counted_splits
-from formats.imageio import save_mask
+from formats.images import save_mask
 
 STYLES = ("default", "shifted")
 KINDS = ("category", "colour", "size", "position", "relation", "multi")

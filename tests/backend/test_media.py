@@ -92,7 +92,8 @@ def test_tiff_bands_and_stretch_per_project(tmp_path):
 
     import tifffile
 
-    from formats.imageio import load_image, load_raster
+    from formats.images import load_image
+    from formats.raster import load_raster
 
     rng = np.random.default_rng(5)
     bands = rng.integers(0, 4000, (4, 40, 50), dtype=np.uint16)

@@ -50,8 +50,8 @@ def _decode(region: dict) -> np.ndarray:
 def data(e2e_root, docroot):
     """Synthetic 128 px scenes (3 expressions each) in the local-files storage folder docroot/ds."""
     from formats.datasets.interchange import read_interchange
-    from formats.datasets.public import load_sample_mask
-    from formats.imageio import load_image
+    from formats.datasets.sample_mask import load_sample_mask
+    from formats.images import load_image
     from refseg_model.data.synth import write_dataset
 
     synth = e2e_root / "synth"
@@ -302,7 +302,8 @@ def test_annotations_and_train_give_a_new_version_carried_by_later_predictions(l
 def test_export_gives_back_the_submitted_masks_and_expressions(label_studio, docroot, tmp_path, capsys):
     from cli.main import main as refseg
     from formats.datasets.interchange import read_interchange
-    from formats.datasets.public import load_sample_mask, read_rrsisd
+    from formats.datasets.rrsisd import read_rrsisd
+    from formats.datasets.sample_mask import load_sample_mask
 
     ls, A, submitted = label_studio, S["A"], S["submitted"]
     token = ls.session.headers["Authorization"].split()[1]
