@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -21,10 +22,16 @@ MODEL_STACK = ("torch", "torchvision", "transformers", "segment_anything", "peft
 
 @pytest.fixture(scope="module")
 def web_venv(tmp_path_factory):
-    where = tmp_path_factory.mktemp("webvenv") / "venv"
+    tmp = tmp_path_factory.mktemp("webvenv")
+    # install from a copy of the sources: pip builds in the source folder, and a stale build/ there could
+    # carry modules that no longer exist into the venv
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", ".e2e", "build", "runs", "data", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".hypothesis", "tests"))
+    where = tmp / "venv"
     venv.EnvBuilder(with_pip=True).create(where)
     py = where / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[web]"], capture_output=True, text=True,
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{src}[web]"], capture_output=True, text=True,
                        timeout=900)
     if r.returncode != 0:
         pytest.fail(f"pip install .[web] failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
