@@ -15,7 +15,8 @@
     refseg:projects                        projects that have a lineage
     refseg:stats:jobs:<kind>               job latency histogram (jobs.stats)
     refseg:stats:counters                  named counters
-    refseg:stats:finetune:<project>        the last fine-tune's numbers
+    refseg:stats:finetune:<project>        the last fine-tune's numbers, and the running one's progress
+    refseg:stats:finetune_runs:<project>   the project's last fine-tune outcomes, newest first (bounded list)
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ PROJECTS = "refseg:projects"
 STATS_JOBS_PREFIX = "refseg:stats:jobs:"
 STATS_COUNTERS = "refseg:stats:counters"
 STATS_FINETUNE_PREFIX = "refseg:stats:finetune:"
+STATS_FINETUNE_RUNS_PREFIX = "refseg:stats:finetune_runs:"
 
 
 def handoff(job_id: str) -> str:
@@ -36,6 +38,10 @@ def done(request_id: str) -> str:
 
 def pending(project: str, task_id) -> str:
     return f"refseg:pending:{project}:{task_id}"
+
+
+def finetune_runs(project_id: str) -> str:
+    return f"{STATS_FINETUNE_RUNS_PREFIX}{project_id}"
 
 
 def worker_alive(name: str) -> str:

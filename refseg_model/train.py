@@ -18,9 +18,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -64,6 +64,16 @@ class TrainConfig:
     plot: bool = False
     progress: bool = True
     threads: Optional[int] = None
+    # called on the main rank after every optimizer step with {"step", "steps", "loss"} (loss: the running mean);
+    # not part of the checkpoint's recorded config
+    on_progress: Optional[Callable[[dict], None]] = field(default=None, repr=False, compare=False)
+
+
+def _config_record(cfg: TrainConfig) -> dict:
+    """The run's settings as stored in the checkpoint's metadata (JSON): everything but the callback."""
+    record = asdict(replace(cfg, on_progress=None))
+    del record["on_progress"]
+    return record
 
 
 def train_state_dir(out) -> Path:
@@ -364,6 +374,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar.set_postfix(loss=f"{running['loss']:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
 
         done = step + 1
+        if is_main and cfg.on_progress is not None:
+            cfg.on_progress({"step": done, "steps": total, "loss": running["loss"]})
         if done % eval_every == 0 or done == total:
             record = {"step": done, "lr": opt.param_groups[0]["lr"], **{k: round(v, 5) for k, v in running.items()}}
             # before state.pt: a state.pt always has its data state (a kill in between leaves an older state.pt)
@@ -377,12 +389,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                         best = {**metrics, "step": done}
                         save_checkpoint(model, out, version, half=cfg.half,
                                         metadata={"base": base_version, "data": cfg.data, "step": done,
-                                                  "val": metrics, "train": asdict(cfg)})
+                                                  "val": metrics, "train": _config_record(cfg)})
                     bar.write(f"step {done}: val gIoU {metrics['gIoU']:.4f} cIoU {metrics['cIoU']:.4f}"
                               f"{' (best)' if improved else ''}")
                 else:  # no validation split: keep the latest
                     save_checkpoint(model, out, version, half=cfg.half,
-                                    metadata={"base": base_version, "data": cfg.data, "step": done, "train": asdict(cfg)})
+                                    metadata={"base": base_version, "data": cfg.data, "step": done, "train": _config_record(cfg)})
                 history.append(record)
                 save_checkpoint(model, state_dir / "last", version)
                 torch.save({"step": done, "total": total, "data": cfg.data, "optimizer": opt.state_dict(),

@@ -41,7 +41,8 @@ def run_finetune(rt, project: str, job_id: str) -> dict:
     t0 = time.time()
     outcome, report = "failed", {}
     try:
-        stats.set_finetune_status(rt.state, project, state="running", job=job_id, started=t0)
+        stats.set_finetune_status(rt.state, project, state="running", job=job_id, started=t0,
+                                  step=0, steps=s.finetune_steps, loss=None, progress_at=None)
         report = _finetune(rt, project, job_id)
         outcome = report["status"]
         return report
@@ -59,21 +60,57 @@ def run_finetune(rt, project: str, job_id: str) -> dict:
         stats.record_job(rt.state, "finetune", seconds, outcome != "failed")
         stats.set_finetune_status(rt.state, project, state=outcome, job=job_id, seconds=round(seconds, 2),
                                   **{k: v for k, v in report.items() if k != "status"})
+        _record_outcome(rt.state, project, job_id, outcome, report, seconds)
         successor = finetune_state.finish_finetune(rt.state, project, job_id)
         if successor:
             log.info("project %s: triggers arrived during the run: enqueueing %s", project, successor)
             enqueue_finetune(rt.rq_conn, s, project, successor)
 
 
-def finetune_config(settings, data: Path, out: Path, init: str, version: str):
-    """The training run of one fine-tune: FINETUNE_* settings, on the worker's DEVICE (cuda:1 stays cuda:1)."""
+def _record_outcome(state, project: str, job_id: str, outcome: str, report: dict, seconds: float) -> None:
+    """One entry of the project's outcome list (jobs.stats), which the status page plots and lists."""
+    if outcome not in stats.FINETUNE_OUTCOMES:  # "deferred": this job never ran a fine-tune
+        return
+    extra = {k: report[k] for k in ("parent", "samples", "held_out", "giou_delta", "giou_delta_se", "verdict")
+             if k in report}
+    try:
+        stats.record_finetune_outcome(state, project, status=outcome, version=report.get("version"),
+                                      giou_new=report.get("giou_new"), giou_current=report.get("giou_current"),
+                                      reason=report.get("reason"), job=job_id, seconds=round(seconds, 2), **extra)
+    except Exception as exc:  # Redis gone at this moment: the verdict is in the log; do not mask the job's own error
+        log.warning("project %s: could not record the fine-tune outcome: %s", project, exc)
+
+
+class ProgressReporter:
+    """TrainConfig.on_progress for a fine-tune: writes {step, steps, loss} to the project's fine-tune status at
+    most every `every_s` seconds (and always the last step). Never raises: Redis trouble must not stop training."""
+
+    def __init__(self, state, project: str, every_s: float = 1.0, clock=time.monotonic) -> None:
+        self.state, self.project, self.every_s, self.clock = state, project, every_s, clock
+        self.last = None  # clock of the last write
+
+    def __call__(self, progress: dict) -> None:
+        now = self.clock()
+        step, steps = int(progress["step"]), int(progress["steps"])
+        if self.last is not None and now - self.last < self.every_s and step < steps:
+            return
+        self.last = now
+        try:
+            stats.set_finetune_progress(self.state, self.project, step, steps, progress.get("loss"))
+        except Exception as exc:
+            log.warning("project %s: could not write fine-tune progress: %s", self.project, exc)
+
+
+def finetune_config(settings, data: Path, out: Path, init: str, version: str, on_progress=None):
+    """The training run of one fine-tune: FINETUNE_* settings, on the worker's DEVICE (cuda:1 stays cuda:1);
+    `on_progress` gets {"step", "steps", "loss"} after every step."""
     from refseg_model.device import resolve_device
     from refseg_model.train import TrainConfig
 
     return TrainConfig(data=str(data), out=str(out), init=init, steps=settings.finetune_steps,
                        batch_size=settings.finetune_batch_size, lr=settings.finetune_lr, version=version,
                        device=resolve_device(settings.device), progress=False, resume=False,
-                       eval_every=settings.finetune_steps)
+                       eval_every=settings.finetune_steps, on_progress=on_progress)
 
 
 def _finetune(rt, project: str, job_id: str) -> dict:
@@ -100,7 +137,8 @@ def _finetune(rt, project: str, job_id: str) -> dict:
         log.info("project %s: %d annotated task(s) -> fine-tuning %s from %s", project, count, version,
                  current.version)
         stats.set_finetune_status(rt.state, project, state="training", samples=count, version=version)
-        result = train(finetune_config(s, work, candidate, current.checkpoint, version))
+        result = train(finetune_config(s, work, candidate, current.checkpoint, version,
+                                       on_progress=ProgressReporter(rt.state, project)))
         held_out = read_interchange(work, "test")
         iou_old, iou_new = [], []
         old = evaluate_samples(rt.models.get(current.checkpoint), held_out, progress=False, per_sample=iou_old)
@@ -114,9 +152,11 @@ def _finetune(rt, project: str, job_id: str) -> dict:
         verdict = (f"held-out gIoU {new['gIoU']:.4f} vs {old['gIoU']:.4f} for {current.version} "
                    f"({report['giou_delta']:+.4f} ± {'unknown' if se is None else f'{se:.4f}'} s.e.; better on "
                    f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)})")
+        report["verdict"] = verdict
         if new["gIoU"] + s.finetune_promote_tolerance < old["gIoU"]:
             log.info("project %s: %s not promoted: %s", project, version, verdict)
-            return {"status": "rejected", **report}
+            tolerance = f", tolerance {s.finetune_promote_tolerance:g}" if s.finetune_promote_tolerance else ""
+            return {"status": "rejected", **report, "reason": f"worse than {current.version}{tolerance}: {verdict}"}
         final = project_dir / version
         if final.exists():  # a leftover of a crashed run with the same number: never overwrite silently
             shutil.rmtree(final)
