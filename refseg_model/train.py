@@ -17,9 +17,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -62,6 +62,16 @@ class TrainConfig:
     plot: bool = False
     progress: bool = True
     threads: Optional[int] = None
+    # Called on rank 0 after every optimizer step with {"step", "steps", "loss"} (loss: the smoothed training loss
+    # of the progress bar and the history) and after every validation with those keys and "val" (the metrics).
+    # A runtime hook: never saved with a checkpoint (see `saved_config`).
+    on_progress: Optional[Callable[[dict], None]] = field(default=None, repr=False, compare=False,
+                                                         metadata={"saved": False})
+
+
+def saved_config(cfg: TrainConfig) -> dict:
+    """The config as recorded in a checkpoint's metadata: every field but the runtime hooks (`on_progress`)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.metadata.get("saved", True)}
 
 
 def train_state_dir(out) -> Path:
@@ -210,6 +220,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar.update(1)
         bar.set_postfix(loss=f"{run.running['loss']:.3f}", lr=f"{run.opt.param_groups[0]['lr']:.1e}")
         done = step + 1
+        _report(run, {"step": done, "steps": run.total, "loss": run.running["loss"]})
         if done % run.eval_every == 0 or done == run.total:
             _evaluate_and_save(run, done, bar)
     bar.close()
@@ -333,7 +344,7 @@ def _select_checkpoint(run: _Run, done: int, record: dict, bar) -> None:
     provenance = {"base": run.base_version, "data": cfg.data, "step": done}
     if not run.val:  # no validation split: keep the latest
         save_checkpoint(run.model, run.out, run.version, half=cfg.half,
-                        metadata={**provenance, "train": asdict(cfg)})
+                        metadata={**provenance, "train": saved_config(cfg)})
         return
     metrics = quick_eval(run.model, run.val, run.device)
     record.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
@@ -341,8 +352,9 @@ def _select_checkpoint(run: _Run, done: int, record: dict, bar) -> None:
     if improved:
         run.best = {**metrics, "step": done}
         save_checkpoint(run.model, run.out, run.version, half=cfg.half,
-                        metadata={**provenance, "val": metrics, "train": asdict(cfg)})
+                        metadata={**provenance, "val": metrics, "train": saved_config(cfg)})
     bar.write(f"step {done}: val gIoU {metrics['gIoU']:.4f} cIoU {metrics['cIoU']:.4f}{' (best)' if improved else ''}")
+    _report(run, {"step": done, "steps": run.total, "loss": run.running["loss"], "val": metrics})
 
 
 def _save_resume_state(run: _Run, done: int) -> None:
@@ -352,6 +364,11 @@ def _save_resume_state(run: _Run, done: int) -> None:
     torch.save({"step": done, "total": run.total, "data": run.cfg.data, "optimizer": run.opt.state_dict(),
                 "best": run.best, "history": json.dumps(run.history)}, state_dir / "state.pt.tmp")
     os.replace(state_dir / "state.pt.tmp", state_dir / "state.pt")
+
+
+def _report(run: _Run, info: dict) -> None:
+    if run.is_main and run.cfg.on_progress is not None:
+        run.cfg.on_progress(info)
 
 
 def _finish(run: _Run, seconds: float) -> TrainResult:
