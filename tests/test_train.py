@@ -6,6 +6,7 @@ Data: a small synthetic interchange-layout set (64 px scenes, the tiny model's i
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -97,6 +98,30 @@ def test_tiny_training_lowers_loss_and_writes_checkpoint(tmp_path, data_dir):
     st = _state(out)
     assert (st["step"], st["total"], st["data"]) == (40, 40, str(data_dir))
     assert json.loads((out.with_name("ckpt.train") / "history.json").read_text()) == result.history
+
+
+def test_progress_hook_reports_every_step_and_every_validation(tmp_path, data_dir):
+    """`on_progress` (the fine-tune status page's feed) sees each optimizer step and each validation on rank 0,
+    and stays out of the checkpoint's recorded config."""
+    calls = []
+
+    def hook(info: dict) -> None:  # a closure, like the worker's: neither JSON- nor safely pickle-able
+        calls.append(dict(info))
+
+    out = tmp_path / "ckpt"
+    result = train(TrainConfig(data=str(data_dir), out=str(out), init="preset:tiny", steps=6, batch_size=2,
+                               eval_every=3, max_val=2, augment=False, progress=False, threads=1, on_progress=hook))
+
+    steps = [c for c in calls if "val" not in c]
+    assert [c["step"] for c in steps] == [1, 2, 3, 4, 5, 6] and all(c["steps"] == 6 for c in steps)
+    assert all(isinstance(c["loss"], float) and math.isfinite(c["loss"]) and c["loss"] > 0 for c in steps)
+    evals = [c for c in calls if "val" in c]
+    assert [c["step"] for c in evals] == [3, 6] and all("gIoU" in c["val"] and c["steps"] == 6 for c in evals)
+    assert [c["loss"] for c in evals] == [steps[2]["loss"], steps[5]["loss"]]
+    assert [h["loss"] for h in result.history] == [round(c["loss"], 5) for c in evals]
+    recorded = json.loads((out / "config.json").read_text())["metadata"]["train"]
+    assert "on_progress" not in recorded and recorded["steps"] == 6
+    assert _state(out)["step"] == 6  # the resume state saved (and loads with weights_only) as before
 
 
 # ---------------------------------------------------------------------------------------------------- resume
