@@ -249,9 +249,9 @@ def test_official_sam_state_dict_loads(sam_file):
     # SamSegmenter.encode_image on [0, 1] input == official image encoder on Sam-normalised 0-255 input
     x01 = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        ours = seg.encode_image(x01)
+        ours, high_res = seg.encode_image(x01)
         ref = official.image_encoder((x01 * 255 - official.pixel_mean) / official.pixel_std)
-    assert ours.shape == (1, 32, 8, 8)
+    assert ours.shape == (1, 32, 8, 8) and high_res == ()  # SAM 1 has no high-resolution features
     assert torch.allclose(ours, ref, atol=1e-5)
     # image encoder frozen by default, decoder trainable
     assert not any(p.requires_grad for p in seg.image_encoder.parameters())
