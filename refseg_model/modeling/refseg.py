@@ -3,6 +3,9 @@
 Inputs are images already resized (longest side) and zero-padded to S x S in [0, 1]; see `transforms.py`.
 Image-side work (`encode_image`) is separate from text-side work (`decode`) so that the predictor can cache the
 former per image and pay only for the latter per expression.
+
+The segmenter is SAM 1 (`sam.SamSegmenter`) or SAM 2.1 (`sam2_segmenter.Sam2Segmenter`), chosen by
+`cfg.sam.kind` (`SEGMENTERS`); both have the same seam (encode_image, embed_dense, decode, mask_input_size).
 """
 from __future__ import annotations
 
@@ -13,10 +16,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RefSegConfig
+from ..config import RefSegConfig, SamConfig
 from .encoder import DualModalEncoder, TextFeatures
 from .prompter import CascadedPrompter
-from .sam import SamSegmenter
+
+
+def _sam1(cfg: SamConfig) -> nn.Module:
+    from .sam import SamSegmenter
+
+    return SamSegmenter(cfg)
+
+
+def _sam2(cfg: SamConfig) -> nn.Module:
+    from .sam2_segmenter import Sam2Segmenter  # imports Meta's `sam2` package only when a SAM 2 model is built
+
+    return Sam2Segmenter(cfg)
+
+
+# SamConfig.kind -> segmenter
+SEGMENTERS: Dict[str, Callable[[SamConfig], nn.Module]] = {"sam": _sam1, "sam2": _sam2}
+
+
+def build_segmenter(cfg: SamConfig) -> nn.Module:
+    if cfg.kind not in SEGMENTERS:
+        raise ValueError(f"unknown SAM kind {cfg.kind!r}; known: {', '.join(SEGMENTERS)}")
+    return SEGMENTERS[cfg.kind](cfg)
 
 
 @dataclass
@@ -25,7 +49,8 @@ class ImageEmbedding:
 
     sam: torch.Tensor  # B x C x e x e (SAM 2: with no_mem_embed added)
     clip: torch.Tensor  # B x N x Cv
-    # high-resolution decoder features, () for SAM 1 (SAM 2: after conv_s0 / conv_s1)
+    # SAM 2's high-resolution features after conv_s0 / conv_s1: (B x C/8 x 4e x 4e, B x C/4 x 2e x 2e);
+    # () for SAM 1
     sam_high_res: Tuple[torch.Tensor, ...] = field(default_factory=tuple)
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ImageEmbedding":
@@ -71,7 +96,7 @@ class RefSegModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = DualModalEncoder(cfg.encoder)
-        self.sam = SamSegmenter(cfg.sam)
+        self.sam = build_segmenter(cfg.sam)
         scale, bias = self.encoder.init_logit_scale_bias()
         self.prompter = CascadedPrompter(
             cfg.prompter,
