@@ -44,4 +44,4 @@ def test_prompter_pre_mode_unchanged_in_float32():
         out = p(image, text, mask, pooled)
         ref = direct(captured["fmap"], F.normalize(pooled, dim=-1), 64) * p.logit_scale.exp() + p.logit_bias
     assert out.dense_logits.shape == (2, 1, 64, 64)
-    assert torch.allclose(out.dense_logits, ref, atol=1e-4 * float(p.logit_scale.exp()))
+    assert torch.allclose(out.dense_logits, ref, atol=1e-4 * float(p.logit_scale.detach().exp()))
