@@ -136,6 +136,7 @@ def test_variants_come_from_the_sam2_package_configs():
 
 
 # -------------------------------------------------------------------------------------- same as sam2's path
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside SAM2ImagePredictor
 def test_encode_and_decode_match_the_sam2_single_image_path(official):
     """Image side == SAM2ImagePredictor.set_image (high-res features, no_mem_embed); decode == SAM 2's mask
     decoder with multimask_output=False in eval mode (the stability switch included)."""
