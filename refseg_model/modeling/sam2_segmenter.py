@@ -128,9 +128,10 @@ class Sam2Segmenter(nn.Module):
         self.cfg = cfg
         c = cfg.prompt_embed_dim
         trunk = Hiera(**_hiera_kwargs(cfg))
-        # Hiera's levels have strides 4, 8, 16, 32 (patch stride 4, one 2x pooling per later stage); `scalp`
-        # drops the coarsest ones, so the image embedding has stride 4 * 2 ** (levels - 1 - scalp).
-        stride = 4 * 2 ** (len(trunk.channel_list) - 1 - cfg.scalp)
+        # Hiera's levels have strides 4, 8, 16, 32 (patch stride 4, a q_stride pooling at the start of each later
+        # stage); `scalp` drops the coarsest ones, so the image embedding is level (levels - 1 - scalp).
+        last = trunk.stage_ends[len(trunk.stage_ends) - 1 - cfg.scalp]
+        stride = 4 * trunk.q_stride[0] ** sum(1 for blk in trunk.q_pool_blocks if blk <= last)
         if cfg.patch_size != stride or cfg.image_size % (4 * stride):
             raise ValueError(f"SAM 2 config: the image embedding has stride {stride} (patch_size is "
                              f"{cfg.patch_size}), and image_size {cfg.image_size} must be a multiple of {4 * stride}")
