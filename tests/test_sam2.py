@@ -18,8 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from refseg_model.build import (BUILTIN_TOKENIZER, _VOCAB, build_model, describe_preset, expected_files,
-                                preset_config, resolve_weights)
+from refseg_model.build import (
+    _VOCAB,
+    BUILTIN_TOKENIZER,
+    build_model,
+    describe_preset,
+    expected_files,
+    preset_config,
+    resolve_weights,
+)
 from refseg_model.checkpoint import CONFIG_FILE, load_checkpoint, load_model, save_checkpoint
 from refseg_model.config import EncoderConfig, PrompterConfig, RefSegConfig, SamConfig
 from refseg_model.modeling.encoder import DualModalEncoder
