@@ -1,17 +1,21 @@
 """Benchmark: predictor latency on a new image (cold) vs a new expression on a cached image (warm).
 
-The architecture is the `clip-vit-b16+sam-vit-b` preset's (CLIP ViT-B/16 at 224 px with LoRA, SAM ViT-B at
-1024 px, the default prompter), built with random weights from configs: no downloads, and timing does not
-depend on the weights. The tokenizer is the shipped 8k CLIP BPE (the real preset uses CLIP's own 49k vocabulary;
-text cost differs only in the embedding lookup).
+Two architectures, built with random weights from configs (no downloads; timing does not depend on the weights):
+  clip-vit-b16+sam-vit-b            CLIP ViT-B/16 at 224 px with LoRA + SAM 1 ViT-B at 1024 px (the default)
+  siglip2-base-256+sam2.1-hiera-b+  SigLIP 2 B/16 at 256 px with LoRA + SAM 2.1 Hiera-B+ at 1024 px (sizes from the
+                                    sam2 package's sam2.1_hiera_b+.yaml), LoRA on Hiera and the FPN neck
+both with the default prompter. The tokenizer is the shipped 8k CLIP BPE (the real towers have their own
+vocabularies: CLIP 49k, SigLIP 2 256k; text cost differs only in the embedding lookup).
 
-    cold: image preprocessing + SAM image encoder + CLIP vision tower + text tower + prompter + mask decoder
-    warm: text tower + prompter + mask decoder (the image embedding comes from the predictor's cache)
+    cold: image preprocessing + SAM image encoder (SAM 2: + FPN, conv_s0/conv_s1) + vision tower
+          + text tower + prompter + mask decoder
+    warm: text tower + prompter + mask decoder (the image embedding, and SAM 2's high-resolution features,
+          come from the predictor's cache)
 
 Cold and warm calls are interleaved (each new image is followed by new expressions on it), so both see the
 same machine conditions. Target: warm >= 20x faster than cold on CPU.
 
-Run:  PYTHONPATH=. python benchmarks/predictor.py [--images 3] [--expressions 4] [--threads N]
+Run:  PYTHONPATH=. python benchmarks/predictor.py [--preset NAME] [--images 3] [--expressions 4] [--threads N]
 """
 from __future__ import annotations
 
@@ -35,29 +39,46 @@ EXPRESSIONS = [
 ]
 
 
+# Tower configs of each benchmarked preset (transformers configs of the hub models, 8k builtin vocabulary).
+TOWERS = {
+    # openai/clip-vit-base-patch16: transformers' CLIPConfig defaults are ViT-B/32; B/16 differs in patch size only
+    "clip-vit-b16+sam-vit-b": dict(
+        model_type="clip",
+        projection_dim=512,
+        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+                         max_position_embeddings=77),
+        vision_config=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
+                           num_hidden_layers=12, num_attention_heads=12),
+    ),
+    # google/siglip2-base-patch16-256 (fixed resolution: a SiglipModel)
+    "siglip2-base-256+sam2.1-hiera-b+": dict(
+        model_type="siglip",
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         max_position_embeddings=64, projection_size=768),
+        vision_config=dict(image_size=256, patch_size=16, hidden_size=768, intermediate_size=3072,
+                           num_hidden_layers=12, num_attention_heads=12),
+    ),
+}
+
+
 def build(preset: str = "clip-vit-b16+sam-vit-b"):
     """The preset's architecture with random weights (towers from configs instead of hub / SAM files)."""
     from refseg_model.build import _VOCAB, BUILTIN_TOKENIZER, build_model, preset_config
 
     cfg = copy.deepcopy(preset_config(preset))
-    # openai/clip-vit-base-patch16: transformers' CLIPConfig defaults are ViT-B/32; B/16 differs in patch size only
-    cfg.encoder.hf_config = dict(
-        model_type="clip",
-        projection_dim=512,
-        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-                         max_position_embeddings=77, **_VOCAB),
-        vision_config=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
-                           num_hidden_layers=12, num_attention_heads=12),
-    )
+    towers = copy.deepcopy(TOWERS[preset])
+    towers["text_config"].update(_VOCAB)
+    cfg.encoder.hf_config = towers
     cfg.encoder.pretrained = None
     cfg.encoder.tokenizer = BUILTIN_TOKENIZER
-    cfg.sam.checkpoint = None  # SAM ViT-B sizes (SAM_VARIANTS["vit_b"]) stay; weights random
+    cfg.sam.checkpoint = None  # the SAM variant's sizes stay; weights random
     torch.manual_seed(0)
     return build_model(cfg).eval(), cfg
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="clip-vit-b16+sam-vit-b", choices=sorted(TOWERS))
     ap.add_argument("--images", type=int, default=3, help="cold calls (one new image each)")
     ap.add_argument("--expressions", type=int, default=4, help="warm calls per image (new expressions)")
     ap.add_argument("--size", type=int, default=800, help="side of the square test images (RRSIS-D: 800)")
@@ -69,15 +90,16 @@ def main() -> None:
     from refseg_model.predictor import RefSegPredictor
 
     t0 = time.perf_counter()
-    model, cfg = build()
+    model, cfg = build(args.preset)
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     pred = RefSegPredictor(model, device="cpu", cache_size=args.images + 1)
     print(f"torch {torch.__version__}, device cpu, {torch.get_num_threads()} threads "
           f"(os.cpu_count={__import__('os').cpu_count()})")
+    sam = "SAM 2.1 Hiera" if cfg.sam.kind == "sam2" else "SAM 1 ViT"
     print(f"model: {cfg.name} architecture, random weights, {n_params / 1e6:.1f} M parameters "
-          f"(SAM ViT-B {cfg.sam.image_size}px, CLIP ViT-B/16 224px, LoRA r={cfg.encoder.lora_rank}); "
-          f"built in {build_s:.1f} s")
+          f"({sam} {cfg.sam.image_size}px, {cfg.encoder.kind} tower {model.encoder.image_size}px, "
+          f"LoRA r={cfg.encoder.lora_rank}/{cfg.sam.lora_rank}); built in {build_s:.1f} s")
     print(f"images {args.size}x{args.size} RGB; {args.images} cold calls, {args.expressions} warm calls after each")
 
     rng = np.random.default_rng(0)

@@ -206,13 +206,10 @@ def save_overlay(image, mask, path) -> None:
 
 
 def cmd_presets(args) -> int:
-    from refseg_model.build import PRESETS, preset_config
+    from refseg_model.build import PRESETS, describe_preset
 
     for name in PRESETS:
-        cfg = preset_config(name)
-        src = cfg.encoder.pretrained or "random init (trained from scratch)"
-        sam = cfg.sam.checkpoint or "random init"
-        print(f"{name:32s} encoder={cfg.encoder.kind}:{src}  sam={sam}  input={cfg.sam.image_size}px")
+        print(f"{name:34s} {describe_preset(name)}")
     return 0
 
 

@@ -35,11 +35,20 @@ class EncoderConfig:
 
 @dataclass
 class SamConfig:
-    """The SAM (segment-anything v1) image encoder, prompt encoder and mask decoder.
+    """The segmenter: SAM's image encoder, prompt encoder and mask decoder, in one of two kinds.
 
-    `checkpoint` is an official `sam_vit_{b,l,h}_*.pth` file (or a .safetensors of the same state dict).
+    kind "sam":  segment-anything v1 (ViT image encoder); `checkpoint` is an official `sam_vit_{b,l,h}_*.pth`
+                 file (or a .safetensors of the same state dict). `patch_size` is the ViT patch size.
+    kind "sam2": SAM 2 / 2.1 through Meta's `sam2` package (Hiera trunk + FPN neck, high-resolution decoder
+                 features, `no_mem_embed`); `checkpoint` is an official `sam2.1_hiera_*.pt` file
+                 ({"model": state_dict}). `hiera` holds the trunk's arguments (the `image_encoder.trunk` section
+                 of sam2's configs/sam2.1/*.yaml, see `modeling.sam2_segmenter.sam2_variant`); `patch_size` is
+                 the stride of the image embedding (16: Hiera's stride-32 level is dropped, `scalp`=1).
+    The ViT fields (encoder_*, window_size) apply to "sam" only, the Hiera/FPN/stability fields to "sam2" only;
+    the prompt encoder / mask decoder fields apply to both.
     """
 
+    kind: str = "sam"  # "sam" | "sam2"
     checkpoint: Optional[str] = None
     image_size: int = 1024
     patch_size: int = 16
@@ -56,6 +65,16 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     freeze_image_encoder: bool = True
     lora_rank: int = 0
+    # --- kind "sam2" only
+    hiera: Optional[Dict[str, Any]] = None  # kwargs of sam2's Hiera trunk (plain numbers and lists)
+    fpn_top_down_levels: List[int] = field(default_factory=lambda: [2, 3])
+    fpn_interp_model: str = "nearest"
+    scalp: int = 1
+    # SAM 2's `dynamic_multimask_via_stability`, on in RSRefSeg 2 (build_sam2's apply_postprocessing): at eval,
+    # the single-mask output is replaced by the best-IoU multimask output when its stability is below thresh.
+    multimask_via_stability: bool = True
+    stability_delta: float = 0.05
+    stability_thresh: float = 0.98
 
     @property
     def embedding_size(self) -> int:

@@ -175,8 +175,7 @@ def predict_logits(predictor: RefSegPredictor, images: Sequence[np.ndarray], exp
         chunk = list(images[i: i + batch_size])
         with predictor._lock:
             items = predictor._embed_batch(chunk)
-            emb = ImageEmbedding(torch.cat([it.embedding.sam for it in items]),
-                                 torch.cat([it.embedding.clip for it in items])).to(predictor.device)
+            emb = ImageEmbedding.cat([it.embedding for it in items]).to(predictor.device)
             tok = predictor.model.encoder.tokenize([expression] * len(chunk), predictor.device)
             res = predictor.model.decode(emb, tok["input_ids"], tok["attention_mask"])
         for j, it in enumerate(items):

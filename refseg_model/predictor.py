@@ -1,7 +1,9 @@
 """Predictor with an image-embedding cache.
 
 Encoding an image (SAM image encoder + CLIP/SigLIP vision tower) is the expensive part and happens once per
-image; every further expression on a cached image costs text encoding + prompter + mask decoder only.
+image; every further expression on a cached image costs text encoding + prompter + mask decoder only. The cache
+holds the whole `ImageEmbedding`: the SAM image embedding, the CLIP/SigLIP patch tokens and, for SAM 2, the
+high-resolution decoder features.
 
     predictor = RefSegPredictor.from_spec("demo")
     [pred] = predictor.predict(image, ["the white storage tank left of the road"])
@@ -133,10 +135,7 @@ class RefSegPredictor:
             frames.append(frame)
             shapes.append((resized, tuple(img.shape[:2])))
         emb = self.model.encode_image(torch.stack(frames).to(self.device))
-        return [
-            CachedImage(ImageEmbedding(emb.sam[i : i + 1], emb.clip[i : i + 1]), resized, original)
-            for i, (resized, original) in enumerate(shapes)
-        ]
+        return [CachedImage(emb.row(i), resized, original) for i, (resized, original) in enumerate(shapes)]
 
     def embed(self, image: np.ndarray, key: Optional[str] = None) -> Tuple[str, CachedImage]:
         """Encode `image` (H x W x 3 uint8) unless its embedding is cached; returns (key, cached entry)."""
@@ -151,9 +150,7 @@ class RefSegPredictor:
     # ------------------------------------------------------------------------------------------ decoding
     @torch.inference_mode()
     def _decode(self, items: Sequence[CachedImage], expressions: Sequence[str]) -> List[Prediction]:
-        emb = ImageEmbedding(
-            torch.cat([it.embedding.sam for it in items]), torch.cat([it.embedding.clip for it in items])
-        ).to(self.device)
+        emb = ImageEmbedding.cat([it.embedding for it in items]).to(self.device)
         tok = self.model.encoder.tokenize(list(expressions), self.device)
         out = self.model.decode(emb, tok["input_ids"], tok["attention_mask"])
         preds = []

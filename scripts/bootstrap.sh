@@ -30,6 +30,8 @@ want=$(cat requirements*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[bootstrap] installing Python requirements (torch from local disk where available)" >&2
   .venv/bin/python -m pip install -q -r requirements-test.txt
+  # sam2 builds from source against the torch installed above (requirements-sam2.txt says why)
+  SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation --no-deps -r requirements-sam2.txt
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi

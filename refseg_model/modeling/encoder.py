@@ -28,6 +28,14 @@ DEFAULT_STATS = {
 }
 
 
+# LoRA targets (peft regex over module names). Both kinds: the attention projections of both towers, except
+# SigLIP's vision pooling head (attention.out_proj): the model uses patch tokens, never the pooled image embedding,
+# so adapters there would never train. SigLIP also adapts its text `head` (model.md §1.2), which gives the pooled
+# text embedding of the dense prompt.
+_ATTN = r"(?!vision_model\.head\.).*\.(q_proj|k_proj|v_proj|out_proj)"
+LORA_TARGETS = {"clip": rf"^{_ATTN}$", "siglip": rf"^({_ATTN}|text_model\.head)$"}
+
+
 def resolve_asset(name: str) -> str:
     """`builtin:NAME` -> the shipped directory refseg_model/assets/NAME; anything else unchanged."""
     if name.startswith(BUILTIN_PREFIX):
@@ -98,9 +106,7 @@ class DualModalEncoder(nn.Module):
         if cfg.lora_rank > 0:
             from .lora import add_lora
 
-            # attention projections of both towers, except SigLIP's vision pooling head (attention.out_proj): the
-            # model uses patch tokens, never the pooled image embedding, so adapters there would never train
-            add_lora(self.model, r"^(?!vision_model\.head\.).*\.(q_proj|k_proj|v_proj|out_proj)$", cfg.lora_rank)
+            add_lora(self.model, LORA_TARGETS[cfg.kind], cfg.lora_rank)
 
     def _image_stats(self, cfg: EncoderConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         mean, std = DEFAULT_STATS[cfg.kind]
@@ -123,27 +129,33 @@ class DualModalEncoder(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- text
     def tokenize(self, texts: List[str], device: torch.device | str = "cpu") -> dict:
-        """Tokenize; SigLIP was trained with fixed-length padding, CLIP with EOS pooling (any padding)."""
+        """texts -> input_ids, attention_mask: B x L (mask 1 = real token, 0 = padding).
+
+        SigLIP was trained with fixed-length padding (L = max_text_length, 64 for SigLIP 2), CLIP with EOS
+        pooling (any padding: L = the longest in the batch). The mask is always the real one, whatever the
+        tokenizer's default outputs, so that the prompter can ignore padding.
+        """
         padding = "max_length" if self.cfg.kind == "siglip" else "longest"
         enc = self.tokenizer(
-            list(texts), padding=padding, truncation=True, max_length=self.cfg.max_text_length, return_tensors="pt"
+            list(texts), padding=padding, truncation=True, max_length=self.cfg.max_text_length, return_tensors="pt",
+            return_attention_mask=True,
         )
-        out = {"input_ids": enc["input_ids"].to(device)}
-        mask = enc.get("attention_mask")
-        out["attention_mask"] = (mask if mask is not None else torch.ones_like(enc["input_ids"])).to(device)
-        return out
+        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
-        """input_ids, attention_mask: B x L -> TextFeatures(tokens B x L x Ct, mask B x L, pooled B x D)."""
+        """input_ids, attention_mask: B x L -> TextFeatures(tokens B x L x Ct, mask B x L, pooled B x D).
+
+        `mask` is the attention mask for both kinds: the prompter's query pooling and text cross-attention skip
+        padding. The towers run as they were pre-trained: CLIP with the mask (EOS pooling); SigLIP without it
+        (it was trained on fixed-length padded text, attending to all positions, pooled at the last position).
+        """
+        mask = attention_mask.bool()
         if self.cfg.kind == "clip":
             out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask)
             pooled = self.model.text_projection(out.pooler_output)
-            mask = attention_mask.bool()
         else:
-            # SigLIP's text tower attends to all positions (no mask) and pools at the last position.
             out = self.model.text_model(input_ids=input_ids)
             pooled = out.pooler_output
-            mask = torch.ones_like(input_ids, dtype=torch.bool)
         return TextFeatures(tokens=out.last_hidden_state, mask=mask, pooled=pooled)
 
     # ---------------------------------------------------------------------------------------------- image

@@ -159,6 +159,46 @@ def masked_adaptive_pool(tokens: torch.Tensor, mask: torch.Tensor, k: int) -> to
     return w @ tokens
 
 
+def _bilinear_cells(g: int, m: int, device) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Bilinear resampling (align_corners=True) of g positions to m: for each output position, the lower input
+    index i in [0, g-2] and the fraction a in [0, 1], so that out = (1 - a) * x[i] + a * x[i + 1]. Both: m."""
+    src = torch.arange(m, device=device, dtype=torch.float64) * ((g - 1) / max(m - 1, 1))
+    i = src.floor().clamp(max=g - 2).long()
+    return i, src - i
+
+
+def upsampled_cosine(fmap: torch.Tensor, t: torch.Tensor, size: int) -> torch.Tensor:
+    """Cosine similarity between unit vectors t and the feature map bilinearly upsampled (align_corners=True).
+
+    fmap: B x D x g x g, t: B x D (unit norm) -> B x 1 x size x size; equal to
+    `einsum(F.normalize(F.interpolate(fmap, size, mode="bilinear", align_corners=True), dim=1), t)` but without
+    materialising the B x D x size x size map (D = 1152 at 256 x 256 for the paper's model): an interpolated
+    feature is a weighted sum of its cell's 4 grid features, so its dot product with t interpolates the grid's dot
+    products, and its squared norm is a quadratic form in the cell's 4 x 4 Gram matrix.
+    """
+    # At least float32 (bf16 under autocast would cost the sums their precision; at grid resolution this is cheap);
+    # elementwise products and sums, which autocast leaves in that precision.
+    dtype = torch.promote_types(fmap.dtype, torch.float32)
+    fmap, t = fmap.to(dtype), t.to(dtype)[:, :, None, None]
+    g = fmap.shape[-1]
+    if g == 1:  # a constant map
+        return (F.normalize(fmap, dim=1) * t).sum(1, keepdim=True).expand(-1, -1, size, size)
+    num = F.interpolate((fmap * t).sum(1, keepdim=True), size=(size, size), mode="bilinear",
+                        align_corners=True)[:, 0]  # B x M x M
+    i, a = _bilinear_cells(g, size, fmap.device)
+    a = a.to(fmap.dtype)
+    wy, wx = (1 - a, a), (1 - a, a)
+    # the 4 corners of each cell (top-left, top-right, bottom-left, bottom-right), B x D x (g-1) x (g-1) each
+    corners = [fmap[:, :, dy : g - 1 + dy, dx : g - 1 + dx] for dy in (0, 1) for dx in (0, 1)]
+    weights = [wy[dy][:, None] * wx[dx][None, :] for dy in (0, 1) for dx in (0, 1)]  # M x M each
+    norm2 = torch.zeros_like(num)
+    for p in range(4):
+        for q in range(p, 4):
+            gram = (corners[p] * corners[q]).sum(1)[:, i][:, :, i]  # B x M x M
+            norm2 = norm2 + (1.0 if p == q else 2.0) * weights[p] * weights[q] * gram
+    return (num / norm2.clamp(min=1e-24).sqrt().clamp(min=1e-12))[:, None]
+
+
 @dataclass
 class PrompterOutput:
     sparse: torch.Tensor  # B x P x Cp
@@ -239,13 +279,13 @@ class CascadedPrompter(nn.Module):
 
         fmap = v.transpose(1, 2).reshape(b, cv, grid, grid)
         fmap = self.dense_head(fmap)
-        size = (self.mask_input_size,) * 2
-        if self.cfg.dense_upsample == "pre":
-            fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=True)
-        fmap = F.normalize(fmap, dim=1)
         t = F.normalize(text_pooled, dim=-1)
-        cos = torch.einsum("bchw,bc->bhw", fmap, t)[:, None]
+        if self.cfg.dense_upsample == "pre":  # cosine on the upsampled map (computed without materialising it)
+            cos = upsampled_cosine(fmap, t, self.mask_input_size)
+        else:
+            cos = torch.einsum("bchw,bc->bhw", F.normalize(fmap, dim=1), t)[:, None]
         dense = cos * self.logit_scale.exp() + self.logit_bias
         if self.cfg.dense_upsample == "post":
+            size = (self.mask_input_size,) * 2
             dense = F.interpolate(dense, size=size, mode="bilinear", align_corners=True)
         return PrompterOutput(sparse=sparse, dense_logits=dense, q1=q1_out, q2=q2_out)

@@ -5,10 +5,11 @@ The modules are the official `segment_anything.modeling` classes, so the publish
 `torch.load(weights_only=True)` (no code execution) or from a `.safetensors` file.
 
 Shapes (B batch, S = image_size, e = S / patch_size, C = prompt_embed_dim):
-  image  B x 3 x S x S (SAM-normalised)  -> embedding  B x C x e x e
+  image  B x 3 x S x S in [0, 1]  -> embedding  B x C x e x e, high-res features () (SAM 1 has none)
   sparse B x P x C, dense mask logits B x 1 x 4e x 4e -> low-res mask logits B x 1 x 4e x 4e, IoU B x 1
 
-A SAM 2 variant would plug in here with the same three methods (`encode_image`, `embed_dense`, `decode`).
+The segmenter seam (shared with `sam2_segmenter.Sam2Segmenter`): `encode_image`, `embed_dense`, `decode`,
+`mask_input_size`, and the submodules `image_encoder`, `prompt_encoder`, `mask_decoder`.
 Unlike RSRefSeg 2's SAM 2.1 decoder, SAM 1 has no dynamic multimask-by-stability switch: we always read
 mask token 0 (the single-mask output), in training and at inference alike.
 """
@@ -22,29 +23,13 @@ import torch
 from torch import nn
 
 from ..config import SamConfig
+from .weights import load_exactly, load_state_dict_file
 
 SAM_VARIANTS: Dict[str, dict] = {
     "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
     "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
     "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
 }
-
-
-def load_state_dict_file(path: str | Path) -> Dict[str, torch.Tensor]:
-    """Read a state dict without executing code: safetensors, or a torch pickle with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    return state
 
 
 class SamSegmenter(nn.Module):
@@ -110,41 +95,30 @@ class SamSegmenter(nn.Module):
         state = load_state_dict_file(path)
         # The official file carries SAM's pixel statistics (0-255 scale, shape 3x1x1); ours are fixed buffers.
         state = {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
-        own = self.state_dict()
-        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        if wrong:
-            raise ValueError(
-                f"{path} does not match the configured SAM ({len(wrong)} tensors of another shape, e.g. "
-                f"{wrong[:3]}): check the preset's SAM variant"
-            )
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k not in ("pixel_mean", "pixel_std")]
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not match the configured SAM ({len(missing)} missing keys, e.g. {missing[:3]}; "
-                f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}): check the preset's SAM variant"
-            )
+        load_exactly(self, state, path, "SAM")
 
-    def encode_image(self, images01: torch.Tensor) -> torch.Tensor:
-        """images01: B x 3 x S x S in [0, 1] (padded) -> image embedding B x C x e x e."""
-        return self.image_encoder((images01 - self.pixel_mean) / self.pixel_std)
+    def encode_image(self, images01: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """images01: B x 3 x S x S in [0, 1] (padded) -> (image embedding B x C x e x e, no high-res features)."""
+        return self.image_encoder((images01 - self.pixel_mean) / self.pixel_std), ()
 
     def embed_dense(self, dense_logits: torch.Tensor) -> torch.Tensor:
         """Mask-input logits B x 1 x 4e x 4e -> dense prompt embedding B x C x e x e."""
         return self.prompt_encoder._embed_masks(dense_logits)
 
     def decode(
-        self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+        self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+        high_res: Tuple[torch.Tensor, ...] = (),
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One mask per (image, prompt set), image i paired with prompts i.
 
-        image_embeddings B x C x e x e, sparse B x P x C, dense B x C x e x e
+        image_embeddings B x C x e x e, sparse B x P x C, dense B x C x e x e, high_res () (SAM 1 has none)
         -> low-res mask logits B x 1 x 4e x 4e, predicted IoU B x 1.
 
         SAM's `MaskDecoder.predict_masks` repeats one image over all prompts (B_img = 1); here each image has
         its own prompts, so the same computation is done without the repeat, reusing the decoder's modules.
         """
+        if high_res:
+            raise ValueError("SAM 1 takes no high-resolution features")
         dec = self.mask_decoder
         b = sparse.shape[0]
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
