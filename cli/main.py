@@ -2,7 +2,7 @@
 train, eval, predict, export, presets.
 
     refseg synth OUT [--images N]
-    refseg train --data DIR [--init demo|PRESET|CKPT] --out CKPT [--plot]
+    refseg train --data DIR [--init demo|PRESET|CKPT] --out CKPT [--recipe rsrefseg2] [--plot]
     refseg eval --data DIR [--checkpoint CKPT] [--split test]
     refseg predict IMAGE "expression" -o mask.png|mask.tif [--checkpoint CKPT] [--overlay out.png]
                    [--bands 4,3,2] [--stretch auto|none|minmax|2,98] [--geojson out.geojson]
@@ -39,17 +39,47 @@ def cmd_synth(args) -> int:
     return 0
 
 
+# `refseg train` flags that set a TrainConfig field a recipe may also set: field -> flag. Their parser default is
+# None ("not given"), so that TrainConfig's defaults apply, a recipe's settings override those, and the flags the
+# user gave override both.
+TRAIN_SETTING_FLAGS = {
+    "steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+    "weight_decay": "--weight-decay", "warmup_frac": "--warmup", "eval_every": "--eval-every",
+    "max_val": "--max-val", "augment": "--augment", "curriculum_frac": "--curriculum", "seed": "--seed",
+}
+_TRAIN_ARG = {"warmup_frac": "warmup", "curriculum_frac": "curriculum"}  # field -> argparse dest, where they differ
+# an explicit flag that makes recipe settings moot: --steps fixes the length (epochs unused), --eval-every the
+# validation interval
+_TRAIN_SUPERSEDES = {"steps": ("epochs",), "eval_every": ("eval_every_epochs",)}
+
+
+def train_config_kwargs(args) -> dict:
+    """TrainConfig keyword arguments from `refseg train`'s arguments, with `--recipe` applied (explicit flags
+    win); prints the recipe's table on rank 0."""
+    explicit = {f: v for f in TRAIN_SETTING_FLAGS if (v := getattr(args, _TRAIN_ARG.get(f, f))) is not None}
+    common = dict(data=args.data, out=args.out, init=args.init, device=args.device, version=args.version,
+                  half=args.half, resume=not args.restart, plot=args.plot, threads=args.threads)
+    if not args.recipe:
+        return {**common, **explicit}
+    from refseg_model.recipes import apply_recipe, recipe_table, resolve_recipe
+
+    recipe, why = resolve_recipe(args.recipe, args.data)
+    kwargs, overridden = apply_recipe(recipe, explicit, _TRAIN_SUPERSEDES)
+    if int(os.environ.get("RANK", 0)) == 0:
+        flags = {**TRAIN_SETTING_FLAGS, "augment": "--augment" if explicit.get("augment") else "--no-augment"}
+        remarks = ()
+        if args.data.startswith("synth:"):
+            remarks = ("synth data is endless: no epochs; the run is --steps long (default 10000) and validates on "
+                       "generated scenes every --eval-every steps (default: 10 times)",)
+        print(recipe_table(recipe, why, kwargs, overridden, flags, remarks), flush=True)
+    return {**common, **kwargs}
+
+
 def cmd_train(args) -> int:
     from formats.metrics import format_table
     from refseg_model.train import TrainConfig, train
 
-    cfg = TrainConfig(
-        data=args.data, out=args.out, init=args.init, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_frac=args.warmup,
-        eval_every=args.eval_every, max_val=args.max_val, augment=not args.no_augment,
-        curriculum_frac=args.curriculum, seed=args.seed, device=args.device, version=args.version,
-        half=args.half, resume=not args.restart, plot=args.plot, threads=args.threads,
-    )
+    cfg = TrainConfig(**train_config_kwargs(args))
     result = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"\ntrained {result.steps} steps in {result.seconds / 60:.1f} min; checkpoint {result.out} "
@@ -231,17 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="DIR | rrsis-d:PATH | refsegrs:PATH | risbench:PATH | synth:STYLE")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
     t.add_argument("--init", default="demo", help="demo | PRESET (fresh weights) | checkpoint dir (default demo)")
+    from refseg_model.recipes import recipe_names  # data only: no torch
+
+    t.add_argument("--recipe", default=None, choices=recipe_names(),
+                   help="a training recipe: sets the paper's optimiser, schedule, epochs, batch, augmentation, loss "
+                        "weights and validation (rsrefseg2: RSRefSeg 2's configs, variant by --data) and prints "
+                        "what it set; the flags below, when given, override it")
+    # defaults None = not given: TrainConfig's defaults (the values in the help), or the recipe's, apply
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs over the data)")
-    t.add_argument("--epochs", type=float, default=20.0)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
-    t.add_argument("--eval-every", type=int, default=None)
-    t.add_argument("--max-val", type=int, default=400)
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--curriculum", type=float, default=0.3, help="synth: fraction of steps to ramp difficulty")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=float, default=None, help="default 20")
+    t.add_argument("--batch-size", type=int, default=None, help="per process; default 8")
+    t.add_argument("--lr", type=float, default=None, help="default 0.0003")
+    t.add_argument("--weight-decay", type=float, default=None, help="default 0.05")
+    t.add_argument("--warmup", type=float, default=None, help="warm-up fraction of the steps; default 0.05")
+    t.add_argument("--eval-every", type=int, default=None, help="steps; default: about 10 validations per run")
+    t.add_argument("--max-val", type=int, default=None, help="validation samples for selection; default 400")
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random flips with spatial words rewritten; default on")
+    t.add_argument("--curriculum", type=float, default=None,
+                   help="synth: fraction of steps to ramp difficulty; default 0.3")
+    t.add_argument("--seed", type=int, default=None, help="default 0")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--version", default=None, help="version string of the new checkpoint")
     t.add_argument("--half", action="store_true", help="store weights as float16")

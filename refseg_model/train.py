@@ -7,6 +7,10 @@ Data sources:
                                                        default|shifted), with a difficulty curriculum; val is a
                                                        fixed set of generated scenes at full difficulty
 
+Training recipes (refseg_model.recipes, `refseg train --recipe`) are TrainConfig settings plus `loss_weights`,
+which `apply_loss_weights` sets on the loaded model's loss config (the one hook through which a run changes the
+model's config; the checkpoint then records the weights it was trained with).
+
 Resume state lives next to the output checkpoint, in `OUT.train/` (last weights, optimizer, step, history, and
 per rank the data order and random generators): re-running the same command after an interruption continues where
 it stopped, on the same batches an uninterrupted run would have seen.
@@ -17,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -34,6 +38,7 @@ from .modeling.loss import refseg_loss
 from .transforms import image_to_frame, mask_to_frame
 
 SYNTH_PREFIX = "synth:"
+SYNTH_VAL = 400  # synthetic validation scenes when max_val is None
 
 
 @dataclass
@@ -48,9 +53,13 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
     min_lr_ratio: float = 0.01
+    # cosine part of the schedule (see `lr_factor`): None/None = from the end of warm-up to the end of the run
+    cosine_start_frac: Optional[float] = None  # flat lr from the end of warm-up until this fraction of the steps
+    cosine_period_frac: Optional[float] = None  # cosine T_max as a fraction of the steps (> the rest: no floor)
     grad_clip: float = 3.0
-    eval_every: Optional[int] = None  # steps; default: about 10 evaluations per run
-    max_val: int = 400  # validation samples (selection only; `refseg eval` scores the whole split)
+    eval_every: Optional[int] = None  # steps; default: `eval_every_epochs`, else about 10 evaluations per run
+    eval_every_epochs: Optional[float] = None  # data sets on disk: validate every this many epochs
+    max_val: Optional[int] = 400  # validation samples, None = the whole split (selection only; see `refseg eval`)
     augment: bool = True  # flips with spatial words rewritten
     curriculum_frac: float = 0.3  # synth: fraction of steps over which difficulty ramps from 0 to 1
     synth_size: int = 0  # synth: scene size; 0 = the model's input size
@@ -62,6 +71,10 @@ class TrainConfig:
     plot: bool = False
     progress: bool = True
     threads: Optional[int] = None
+    # The model's loss weights for this run ({LossConfig field: weight}; None: the model's own), set by
+    # `apply_loss_weights` on the loaded model, and the recipe that set this config (provenance only).
+    loss_weights: Optional[Dict[str, float]] = None
+    recipe: Optional[str] = None
     # Called on rank 0 after every optimizer step with {"step", "steps", "loss"} (loss: the smoothed training loss
     # of the progress bar and the history) and after every validation with those keys and "val" (the metrics).
     # A runtime hook: never saved with a checkpoint (see `saved_config`).
@@ -116,11 +129,20 @@ def collate(items, size: int, device: torch.device):
 
 
 # ------------------------------------------------------------------------------------------- schedule
-def lr_factor(step: int, total: int, warmup_frac: float, min_ratio: float) -> float:
+def lr_factor(step: int, total: int, warmup_frac: float, min_ratio: float,
+              cosine_start_frac: Optional[float] = None, cosine_period_frac: Optional[float] = None) -> float:
+    """The lr multiplier at 0-based `step` of `total`: linear warm-up from 0.01 over `warmup_frac` of the steps,
+    then flat until `cosine_start_frac` of the steps (default: no flat part), then a cosine from 1 towards
+    `min_ratio` whose half-period T_max is `cosine_period_frac` of the steps (default: the rest of the run, so it
+    ends at `min_ratio`; longer, as in RSRefSeg 2's configs, and it never gets there)."""
     warm = max(1, int(warmup_frac * total))
     if step < warm:
         return 0.01 + 0.99 * step / warm
-    progress = (step - warm) / max(1, total - warm)
+    start = warm if cosine_start_frac is None else max(warm, int(cosine_start_frac * total))
+    if step < start:
+        return 1.0
+    period = total - start if cosine_period_frac is None else cosine_period_frac * total
+    progress = (step - start) / max(1, period)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -179,6 +201,7 @@ class _Run:
     src: Union[FileSource, SynthSource]
     val: list  # (image, mask, expression) on rank 0, [] elsewhere
     total: int
+    steps_per_epoch: Optional[int]  # None for endless (synth) data
     params: List[torch.nn.Parameter]
     opt: torch.optim.Optimizer
     start: int = 0
@@ -200,7 +223,11 @@ class _Run:
 
     @property
     def eval_every(self) -> int:
-        return self.cfg.eval_every or max(1, self.total // 10)
+        if self.cfg.eval_every:
+            return self.cfg.eval_every
+        if self.cfg.eval_every_epochs and self.steps_per_epoch:
+            return max(1, int(round(self.cfg.eval_every_epochs * self.steps_per_epoch)))
+        return max(1, self.total // 10)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -232,20 +259,50 @@ def _prepare(cfg: TrainConfig) -> _Run:
     device, rank, world = _setup_device(cfg)
     torch.manual_seed(cfg.seed + rank)
     model, meta = load_model(cfg.init, device)
+    changed = apply_loss_weights(model, cfg.loss_weights)
+    if rank == 0 and changed:
+        print(f"loss weights set on the model's loss config{f' (recipe {cfg.recipe})' if cfg.recipe else ''}: "
+              + ", ".join(f"{k} {old:g} -> {new:g}" for k, (old, new) in changed.items()), flush=True)
+    if rank == 0 and cfg.recipe:
+        print(f"model {model.cfg.name}: input {model.image_size} px (set by --init, not by the recipe)", flush=True)
     base_version = str(meta.get("version", cfg.init))
     version = cfg.version or (f"{base_version}-ft" if not cfg.init.startswith("preset:") else f"{cfg.init[7:]}-trained")
-    src, val, total = _data(cfg, model.image_size, rank, world)
+    src, val, total, steps_per_epoch = _data(cfg, model.image_size, rank, world)
     params, opt = _optimizer(model, cfg)
-    return _Run(cfg, device, rank, world, model, base_version, version, src, val, total, params, opt)
+    return _Run(cfg, device, rank, world, model, base_version, version, src, val, total, steps_per_epoch, params,
+                opt)
+
+
+def apply_loss_weights(model, weights: Optional[Dict[str, float]]) -> Dict[str, Tuple[float, float]]:
+    """Set `weights` ({LossConfig field: weight}) on the loaded model's loss config, `model.cfg.loss`.
+
+    The hook through which a recipe sets the loss weights: they belong to the model's config (what
+    `refseg_loss` reads at every step), which exists only once `cfg.init` is loaded. The checkpoints this run
+    writes carry the config, so they record the weights they were trained with (and a fine-tune from one starts
+    with them). Returns {field: (old, new)} for the weights that changed; ValueError for an unknown field.
+    """
+    if not weights:
+        return {}
+    loss = model.cfg.loss
+    known = {f.name for f in fields(loss)}
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise ValueError(f"unknown loss weight(s) {unknown}; the model's loss config has {sorted(known)}")
+    new = {k: float(v) for k, v in weights.items()}
+    changed = {k: (float(getattr(loss, k)), v) for k, v in new.items() if float(getattr(loss, k)) != v}
+    model.cfg.loss = replace(loss, **new)
+    return changed
 
 
 def _data(cfg: TrainConfig, size: int, rank: int, world: int):
-    """(this rank's training stream, validation triplets on rank 0, total optimizer steps)."""
+    """(this rank's training stream, validation triplets on rank 0, total optimizer steps, steps per epoch or
+    None for endless synthetic data)."""
     if cfg.data.startswith(SYNTH_PREFIX):
         style = cfg.data[len(SYNTH_PREFIX):] or "default"
         src = SynthSource(style, cfg.synth_size or size, cfg.curriculum_frac, cfg.seed, rank)
-        val = synth_val_samples(style, cfg.synth_size or size, cfg.max_val) if rank == 0 else []
-        return src, val, cfg.steps or 10_000
+        n_val = SYNTH_VAL if cfg.max_val is None else cfg.max_val
+        val = synth_val_samples(style, cfg.synth_size or size, n_val) if rank == 0 else []
+        return src, val, cfg.steps or 10_000, None
     from formats.datasets.layouts import load_samples
     from formats.datasets.sample_mask import load_sample_mask
 
@@ -253,10 +310,16 @@ def _data(cfg: TrainConfig, size: int, rank: int, world: int):
     if not train_samples:
         raise ValueError(f"{cfg.data}: no samples in the train split")
     val_samples = load_samples(cfg.data, "val")[: cfg.max_val]
+    if rank == 0 and not val_samples and cfg.max_val != 0:
+        print(f"{cfg.data}: no val split: no checkpoint selection, the latest checkpoint is kept", flush=True)
     src = FileSource(train_samples, size, cfg.augment, cfg.seed, rank, world)
-    val = [(load_image(s.image), load_sample_mask(s), s.expression) for s in val_samples] if rank == 0 else []
+    val = []
+    if rank == 0:
+        for s in val_samples:
+            image = load_image(s.image)
+            val.append((image, load_sample_mask(s, image_shape=image.shape), s.expression))
     steps_per_epoch = math.ceil(len(train_samples) / (cfg.batch_size * world))
-    return src, val, cfg.steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
+    return src, val, cfg.steps or max(1, int(round(cfg.epochs * steps_per_epoch))), steps_per_epoch
 
 
 def _optimizer(model, cfg: TrainConfig) -> Tuple[List[torch.nn.Parameter], torch.optim.Optimizer]:
@@ -309,7 +372,8 @@ def _optimisation_step(run: _Run, step_fn: torch.nn.Module, autocast, step: int)
     """One optimizer step on this rank's next batch (0-based `step`); updates the running loss terms."""
     cfg, opt = run.cfg, run.opt
     for g in opt.param_groups:
-        g["lr"] = cfg.lr * lr_factor(step, run.total, cfg.warmup_frac, cfg.min_lr_ratio)
+        g["lr"] = cfg.lr * lr_factor(step, run.total, cfg.warmup_frac, cfg.min_lr_ratio, cfg.cosine_start_frac,
+                                     cfg.cosine_period_frac)
     images, target, valid, exprs = collate(run.src.batch(cfg.batch_size, step, run.total), run.model.image_size,
                                            run.device)
     tok = run.model.encoder.tokenize(exprs, run.device)

@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from formats.datasets.sample import SPLITS, DatasetFormatError, PathLike, Sample, check_split
+from formats.datasets.sample import (
+    SPLITS,
+    DatasetFormatError,
+    PathLike,
+    Sample,
+    check_split,
+    name_a_few,
+    warn_incomplete,
+)
 from formats.datasets.sample_mask import load_sample_mask
 from formats.datasets.writing import IMAGE_EXTS, atomic_write, clean_expression, copy_image
 from formats.images import save_mask
@@ -49,26 +57,36 @@ def _index_files(folder: Path) -> Dict[str, Path]:
 def read_refsegrs(root: PathLike, split: Optional[str] = None) -> List[Sample]:
     """Read a RefSegRS or RISBench tree (folder names auto-detected: images|img_rgb, masks|mask).
 
+    Published trees are read as they are: a phrase line whose image or mask file is missing is skipped, and a
+    split whose output_phrase file is absent is read as empty; either way ONE `IncompleteDatasetWarning` per call
+    says what was skipped (counted, a few ids named). A tree without any phrase file is not this layout
+    (DatasetFormatError). Mask sizes are checked against their images when a mask is loaded
+    (`formats.datasets.sample_mask.load_sample_mask`).
+
     Args:
         root: the data set folder holding output_phrase_{train,val,test}.txt.
         split: "train", "val" or "test"; None reads every split file present (in that order).
 
     Returns:
-        One Sample per expression line, in file order; mask paths are plain mask files.
+        One Sample per readable expression line, in file order; mask paths are plain mask files.
     """
     check_split(split)
     root = Path(root)
     if not root.is_dir():
         raise DatasetFormatError(f"{root}: not a directory")
-    splits = [split] if split is not None else [s for s in SPLITS if (root / PHRASE_FILE.format(split=s)).is_file()]
-    if split is not None and not (root / PHRASE_FILE.format(split=split)).is_file():
-        raise DatasetFormatError(f"{root / PHRASE_FILE.format(split=split)} not found")
-    if not splits:
+    present = [s for s in SPLITS if (root / PHRASE_FILE.format(split=s)).is_file()]
+    if not present:
         raise DatasetFormatError(f"{root}: no output_phrase_{{train,val,test}}.txt: not a RefSegRS/RISBench layout")
     images = _index_files(_find_dir(root, ("images", "img_rgb"), "image"))
     masks = _index_files(_find_dir(root, ("masks", "mask"), "mask"))
+    if split is not None and split not in present:
+        warn_incomplete(f"{root}: {PHRASE_FILE.format(split=split)} not found: no {split!r} split, read as empty "
+                        f"(split files present: {', '.join(present)})")
+        return []
     samples: List[Sample] = []
-    for sp in splits:
+    no_image: List[str] = []
+    no_mask: List[str] = []
+    for sp in [split] if split is not None else present:
         phrases = root / PHRASE_FILE.format(split=sp)
         with phrases.open(encoding="utf-8-sig") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -79,11 +97,21 @@ def read_refsegrs(root: PathLike, split: Optional[str] = None) -> List[Sample]:
                     raise DatasetFormatError(f"{phrases}:{lineno}: expected '<image_id> <expression>', got {line!r}")
                 image_id, expr = parts[0], parts[1].strip()
                 if image_id not in images:
-                    raise DatasetFormatError(f"{phrases}:{lineno}: no image file for id {image_id!r} "
-                                             f"(extensions {', '.join(IMAGE_EXTS)})")
-                if image_id not in masks:
-                    raise DatasetFormatError(f"{phrases}:{lineno}: no mask file for id {image_id!r}")
-                samples.append(Sample(images[image_id], masks[image_id], expr, sp))
+                    no_image.append(image_id)
+                elif image_id not in masks:
+                    no_mask.append(image_id)
+                else:
+                    samples.append(Sample(images[image_id], masks[image_id], expr, sp))
+    if no_image or no_mask:
+        what = []
+        if no_image:
+            what.append(f"{len(no_image)} without an image file (id {name_a_few(no_image)}; extensions "
+                        f"{', '.join(IMAGE_EXTS)})")
+        if no_mask:
+            what.append(f"{len(no_mask)} without a mask file (id {name_a_few(no_mask)})")
+        warn_incomplete(f"{root}: skipped {len(no_image) + len(no_mask)} of "
+                        f"{len(samples) + len(no_image) + len(no_mask)} sample(s) "
+                        f"[{split or ', '.join(present)}]: {'; '.join(what)}")
     return samples
 
 

@@ -13,6 +13,12 @@ several parts is their union (formats.datasets.coco_masks).
 
 The refs pickle is untrusted and read by formats.datasets.refs_pickle, which refuses every global.
 
+The published RRSIS-D is read as it is: refs whose image file is missing are skipped (the public tree has images
+that RMSIN's and RSRefSeg 2's own code skip) with ONE `IncompleteDatasetWarning` per call that counts them and
+names a few. An RLE segmentation whose size differs from its image's instances.json width/height is refused at
+read time (DatasetFormatError naming the ref, annotation and image); `load_sample_mask` also checks the decoded
+mask against the image file's own size.
+
 Masks live inside instances.json, so RRSIS-D samples carry ``mask = ROOT/instances.json#ann=<ann_id>``
 (formats.datasets.coco_instances); read any sample's mask with `formats.datasets.sample_mask.load_sample_mask`,
 which handles both this form and plain mask files. See docs/model.md sections 1.7 and 7.
@@ -29,7 +35,15 @@ import numpy as np
 from formats.datasets.coco_instances import ann_mask_path, load_instances
 from formats.datasets.coco_masks import rle_encode
 from formats.datasets.refs_pickle import load_refs_pickle
-from formats.datasets.sample import SPLITS, DatasetFormatError, PathLike, Sample, check_split
+from formats.datasets.sample import (
+    SPLITS,
+    DatasetFormatError,
+    PathLike,
+    Sample,
+    check_split,
+    name_a_few,
+    warn_incomplete,
+)
 from formats.datasets.sample_mask import load_sample_mask
 from formats.datasets.writing import atomic_write, clean_expression, copy_image
 from formats.images import load_image
@@ -58,11 +72,26 @@ def _locate_rrsisd(root: Path) -> Tuple[Path, Path]:
                              f"{', '.join(str(c.relative_to(root)) for c in candidates)})")
 
 
+def _segmentation_size(seg: Any) -> Optional[Tuple[int, int]]:
+    """(height, width) an RLE segmentation carries (its first part for a list of RLE dicts); None for polygons
+    (drawn at the image's size) and for forms `segmentation_to_mask` refuses anyway."""
+    rle = seg
+    if isinstance(seg, list):
+        rle = seg[0] if seg and isinstance(seg[0], dict) else None
+    try:
+        h, w = (int(v) for v in rle["size"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return h, w
+
+
 def read_rrsisd(root: PathLike, split: Optional[str] = None) -> List[Sample]:
     """Read an RRSIS-D tree: one Sample per sentence of each ref, in refs order.
 
     The expression is the sentence's "raw" text (what LAVT/RMSIN feed the text encoder), else its "sent".
     Sample.mask is ``<annotation folder>/instances.json#ann=<ann_id>``; read it with `load_sample_mask`.
+    Refs whose image file is missing are skipped with one IncompleteDatasetWarning; an RLE segmentation whose
+    size is not its image's (instances.json width/height) raises DatasetFormatError.
     """
     check_split(split)
     root = Path(root)
@@ -71,7 +100,8 @@ def read_rrsisd(root: PathLike, split: Optional[str] = None) -> List[Sample]:
     refs = load_refs_pickle(refs_path)
     index = load_instances(instances_path)
     samples: List[Sample] = []
-    missing: List[str] = []
+    missing: List[str] = []  # image file names, one per skipped ref
+    skipped = 0  # sentences (samples) of those refs
     for k, ref in enumerate(refs):
         where = f"{refs_path}: ref #{k}"
         try:
@@ -89,19 +119,31 @@ def read_rrsisd(root: PathLike, split: Optional[str] = None) -> List[Sample]:
         file_name = image.get("file_name") if image else ref.get("file_name")
         if not file_name:
             raise DatasetFormatError(f"{where}: no image file name for image {ref.get('image_id')}")
+        if not isinstance(sentences, list):
+            raise DatasetFormatError(f"{where}: 'sentences' is not a list")
         image_path = image_dir / file_name
         if not image_path.is_file():
             missing.append(str(file_name))
-        if not isinstance(sentences, list):
-            raise DatasetFormatError(f"{where}: 'sentences' is not a list")
+            skipped += len(sentences)
+            continue
+        seg_size = _segmentation_size(ann.get("segmentation"))
+        if seg_size is not None and image and "height" in image and "width" in image:
+            img_size = (int(image["height"]), int(image["width"]))
+            if seg_size != img_size:
+                first = sentences[0] if sentences and isinstance(sentences[0], dict) else {}
+                raise DatasetFormatError(
+                    f"{where} ({first.get('raw') or first.get('sent')!r}): the mask of annotation {ann_id} is "
+                    f"{seg_size[1]}x{seg_size[0]} (width x height) but its image {image_path} is "
+                    f"{img_size[1]}x{img_size[0]} ({instances_path})")
         for j, sent in enumerate(sentences):
             text = (sent.get("raw") or sent.get("sent")) if isinstance(sent, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise DatasetFormatError(f"{where}: sentence {j} has no 'raw' or 'sent' text")
             samples.append(Sample(image_path, ann_mask_path(instances_path, ann_id), text.strip(), sp))
     if missing:
-        raise DatasetFormatError(f"{image_dir}: {len(missing)} image file(s) referenced by the refs are missing, "
-                                 f"e.g. {', '.join(sorted(set(missing))[:5])}")
+        warn_incomplete(f"{root}: skipped {skipped} sample(s) of {len(missing)} ref(s) [{split or 'all splits'}] "
+                        f"whose image file is missing from {image_dir} ({len(set(missing))} file(s): "
+                        f"{name_a_few(missing)})")
     return samples
 
 

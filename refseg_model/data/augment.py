@@ -1,7 +1,11 @@
 """Geometry augmentation that keeps the expression true: flipping an image flips its spatial words.
 
 A horizontal flip swaps left/right (and west/east), a vertical flip swaps top/bottom, above/below, upper/lower,
-north/south. Colour words are never touched, so no colour augmentation beyond mild brightness is applied.
+north/south. "over" and "under" are left alone: in aerial text they are about height above the ground ("the
+bridge over the river", "the cars under the trees"), not a direction in the image plane, so no flip changes them.
+Colour words are never touched, so no colour augmentation beyond mild brightness is applied.
+
+The paper's recipe (`refseg train --recipe rsrefseg2`) trains without any augmentation.
 """
 from __future__ import annotations
 
@@ -14,8 +18,7 @@ _H_SWAP = {"left": "right", "right": "left", "west": "east", "east": "west",
            "leftmost": "rightmost", "rightmost": "leftmost", "western": "eastern", "eastern": "western"}
 _V_SWAP = {"top": "bottom", "bottom": "top", "above": "below", "below": "above", "upper": "lower",
            "lower": "upper", "north": "south", "south": "north", "topmost": "bottommost",
-           "bottommost": "topmost", "northern": "southern", "southern": "northern", "under": "over",
-           "over": "under"}
+           "bottommost": "topmost", "northern": "southern", "southern": "northern"}
 
 
 def _swap_words(text: str, table: Dict[str, str]) -> str:

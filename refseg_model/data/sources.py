@@ -53,7 +53,8 @@ class FileSource:
                 perm = self.perm_rng.permutation(len(self.samples))
                 self._order = list(perm[self.rank :: self.world]) or list(perm)
             s = self.samples[self._order.pop()]
-            image, mask, expr = self._image(s.image), load_sample_mask(s), s.expression
+            image = self._image(s.image)
+            mask, expr = load_sample_mask(s, image_shape=image.shape), s.expression  # refuses a mask of another size
             if self.augment:
                 image, mask, expr = random_flip(image, mask, expr, self.rng)
             items.append((image, mask, expr))
