@@ -109,6 +109,19 @@ def test_tasks_chips_and_georeference(scene, tmp_path, capsys):
     assert why == "" and job == {"id": 5, "image": tasks[0]["data"]["image"], "expression": "the pond"}
 
 
+def test_chips_are_the_same_read_by_row_band_or_chip_by_chip(scene, tmp_path, monkeypatch):
+    """Scenes too wide for a full-width row band are read chip by chip: same chips, same nodata skipping."""
+    import labelstudio.scene_tasks as st
+
+    by_band = {c.geo.window: c.rgb for c in st.scene_chips(scene, tmp_path / "a", chip=CHIP, overlap=OVERLAP,
+                                                           bands="4,3,2")}
+    monkeypatch.setattr(st, "ROW_BAND_BYTES", 0)
+    by_chip = {c.geo.window: c.rgb for c in st.scene_chips(scene, tmp_path / "b", chip=CHIP, overlap=OVERLAP,
+                                                           bands="4,3,2")}
+    assert by_band.keys() == by_chip.keys() and len(by_band) == len(chip_windows(H, W, CHIP, OVERLAP)) - 1
+    assert all(np.array_equal(by_band[w], by_chip[w]) for w in by_band)
+
+
 def test_round_trip_stitches_the_ground_truth_exactly(scene, tmp_path, capsys):
     docroot = tmp_path / "docroot"
     tasks = _make_tasks(scene, docroot / "scenes", docroot)
