@@ -294,8 +294,9 @@ def stitch_tasks(tasks: Sequence[dict], cfg: ProjectConfig, out: Union[str, Path
               "chips_invalid": len(g.invalid), "invalid": g.invalid}
              for g in groups.values() if not g.annotated]
     report = {"out": str(out), "tasks": len(tasks), "groups": written, "groups_without_annotation": empty,
-              "skipped": skipped, "chips_unannotated": sum(g["chips_unannotated"] for g in written),
-              "chips_invalid": sum(g["chips_invalid"] for g in written),
+              "skipped": skipped,  # counts over all groups: a group nobody started is no file, but no silence
+              "chips_unannotated": sum(g["chips_unannotated"] for g in written + empty),
+              "chips_invalid": sum(g["chips_invalid"] for g in written + empty),
               "windows_without_task": sum(g["windows_without_task"] for g in written)}
     if written or empty:
         out.mkdir(parents=True, exist_ok=True)
@@ -308,9 +309,11 @@ def summary(report: dict, limit: int = 20) -> dict:
     def cut(items):
         return items[:limit] + ([f"... {len(items) - limit} more in report.json"] if len(items) > limit else [])
 
-    groups = [{k: (cut(v) if isinstance(v, list) and k != "transform" else v) for k, v in g.items()}
-              for g in report["groups"]]
-    return {**report, "groups": groups, "skipped": cut(report["skipped"])}
+    def cut_lists(group):
+        return {k: (cut(v) if isinstance(v, list) and k != "transform" else v) for k, v in group.items()}
+
+    return {**report, "groups": [cut_lists(g) for g in report["groups"]], "skipped": cut(report["skipped"]),
+            "groups_without_annotation": [cut_lists(g) for g in report["groups_without_annotation"]]}
 
 
 # ------------------------------------------------------------------------------------------ sources

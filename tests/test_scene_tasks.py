@@ -344,14 +344,13 @@ def test_ls_project_source_reports_unannotated_tasks(scene, tmp_path, capsys, mo
         sys.path.pop(0)
     tasks = _make_tasks(scene, tmp_path / "docroot" / "s", tmp_path / "docroot")
     capsys.readouterr()
-    tasks = [t for t in tasks if t["data"]["expression"] == "the road"]
     gt = _ground_truth(3)
     ls = FakeLabelStudio()
     try:
         ls.projects[3] = {"id": 3, "label_config": (ROOT / "README.md").read_text().split("```xml\n")[1].split("```")[0]}
         for i, t in enumerate(tasks):
             t.update(id=50 + i, project=3, annotations=[])
-            if i % 4:
+            if i % 4 and t["data"]["expression"] == "the road":  # nobody started "the pond"
                 r0, c0, h, w = _window(t)
                 _annotate(t, gt[r0: r0 + h, c0: c0 + w], i)
             ls.tasks[t["id"]] = t
@@ -360,12 +359,18 @@ def test_ls_project_source_reports_unannotated_tasks(scene, tmp_path, capsys, mo
         assert refseg(["export", "--data", "ls:3", "--to", "scene", str(tmp_path / "out")]) == 0
     finally:
         ls.close()
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     [g] = summary["groups"]
-    expected = sorted(t["id"] for i, t in enumerate(tasks) if i % 4 == 0)
-    assert g["chips_unannotated"] == len(expected)
+    road = [(i, t) for i, t in enumerate(tasks) if t["data"]["expression"] == "the road"]
+    expected = sorted(t["id"] for i, t in road if i % 4 == 0)
+    assert g["expression"] == "the road" and g["chips_unannotated"] == len(expected)
     full = json.loads((tmp_path / "out" / "report.json").read_text())
     assert sorted(e["task"] for e in full["groups"][0]["unannotated"]) == expected
+    [pond] = full["groups_without_annotation"]  # no file for it, but counted and warned about
+    assert pond["expression"] == "the pond" and pond["chips_unannotated"] == len(tasks) - len(road)
+    assert full["chips_unannotated"] == len(tasks) - len(road) + len(expected)
+    assert f"{full['chips_unannotated'] + 1} chip window(s) without a usable annotation" in captured.err
 
 
 def test_labelstudio_modules_do_not_import_torch():
