@@ -7,7 +7,7 @@ import logging
 import os
 
 from backend.app import create_app
-from backend.settings import Settings
+from jobs.settings import Settings
 
 _settings = Settings.from_env()
 logging.basicConfig(level=_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,6 +6,7 @@ workers (workers/) and waits for them; /health and /setup answer from memory and
     POST /predict       {"results": [one entry per task, in order]}
     POST /webhook       annotation events and START_TRAINING -> fine-tune jobs
     GET  /metrics       Prometheus
+    GET  /status        status page for people (workers, queues, versions, fine-tunes, failures); /status.json
 """
 from __future__ import annotations
 
@@ -17,16 +18,21 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from jobs.connections import rq_connection, state_connection
+from jobs.settings import Settings
+from jobs.versions import VersionStore
+from labelstudio.labelconfig import LabelConfigError, parse_label_config, project_id
+
 from .auth import install_basic_auth
-from .labelconfig import LabelConfigError, parse_label_config, project_id
 from .metrics import Metrics
 from .predict import PredictService
-from .queues import rq_connection, state_connection
-from .settings import Settings
-from .versions import VersionStore
+from .status import StatusReader
+from .status_page import REFRESH_DEFAULT_S, render
 from .webhook import WebhookError, WebhookService
 
-MODEL_CLASS = "RefSegBackend"
+# label-studio-ml backends report the class of their in-process model as `model_class` in /health. This process
+# runs no model (the workers do), so the field carries the backend's name, which Label Studio only displays.
+BACKEND_NAME = "RefSegBackend"
 log = logging.getLogger(__name__)
 
 
@@ -61,6 +67,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     metrics = Metrics(rq_conn, state, versions)
     predictor = PredictService(settings, rq_conn, state, versions, metrics)
     webhooks = WebhookService(settings, rq_conn, state)
+    status_reader = StatusReader(rq_conn, state, versions)
     if settings.basic_auth_enabled:
         install_basic_auth(app, settings.basic_auth_user, settings.basic_auth_pass)
     if not settings.label_studio_url:
@@ -70,7 +77,8 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     @app.get("/health")
     @app.get("/")
     def health():
-        return jsonify(status="UP", model_class=MODEL_CLASS, base_model_version=versions.base.version)
+        return jsonify(status="UP", model_class=BACKEND_NAME, base_model_version=versions.base.version,
+                       status_page="/status")
 
     @app.post("/setup")
     def setup():
@@ -91,6 +99,8 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         context = params.get("context") if isinstance(params.get("context"), dict) else None
         if context and context.get("result"):
             results = [predictor.interactive(project, cfg, task, context) for task in tasks]
+        elif context is not None and "result" in context:  # interactive, but nothing typed or clicked
+            results = predictor.nothing_to_suggest(project, tasks)
         else:
             results = predictor.batch(project, cfg, tasks)
         return jsonify(results=results)
@@ -103,6 +113,17 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     @app.get("/metrics")
     def prometheus():
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/status")
+    def status_page():
+        refresh = request.args.get("refresh", type=int)
+        refresh = REFRESH_DEFAULT_S if refresh is None else (min(max(refresh, 5), 3600) if refresh > 0 else None)
+        html = render(status_reader.snapshot(), refresh_s=refresh)
+        return Response(html, mimetype="text/html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/status.json")
+    def status_json():
+        return jsonify(status_reader.snapshot())
 
     @app.errorhandler(BadRequest)
     @app.errorhandler(LabelConfigError)

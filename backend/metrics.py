@@ -1,7 +1,7 @@
 """Prometheus metrics of the web process (/metrics).
 
 Request counts and /predict wait times are measured here; queue depths, worker counts, job latencies, model
-versions and fine-tune runs are read from Redis at scrape time (workers write them; see backend/stats.py).
+versions and fine-tune runs are read from Redis at scrape time (workers write them; see jobs/stats.py).
 Run gunicorn with one process and several threads (the handlers mostly wait on Redis), so the in-process
 counters cover every request.
 """
@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from rq import Worker
 
-from . import stats, training
-from .queues import QUEUES, get_queue
-from .versions import VersionStore
+from jobs import finetune_state, stats
+from jobs.queues import QUEUES, get_queue
+from jobs.versions import VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class RedisCollector:
             info.add_metric([p, self.versions.current(p).version], 1)
         ft = stats.finetune_status(self.state)
         for p in sorted(set(ft) | set(self.versions.projects())):
-            running.add_metric([p], 1 if training.status(self.state, p)["running"] else 0)
+            running.add_metric([p], 1 if finetune_state.status(self.state, p)["running"] else 0)
         yield info
         yield running
 

@@ -1,13 +1,8 @@
 """/predict: turn Label Studio's request into queue jobs, wait for them within a budget, answer in task order.
 
 Label Studio drops the whole batch unless it gets exactly one result per task, in order; so every task gets
-an entry:
-    done     {"result": [region], "score": s, "model_version": v}
-    failed   {"result": [], "score": 0.0, "model_version": v, "error": "<why>"}   (stored by LS as an empty
-             prediction; delete it in LS to retry once the cause is fixed)
-    pending  {"score": 0.0, "model_version": "<v>-pending", "pending": true}   -- no "result" key: LS skips
-             items without "result" (stores nothing), and the worker POSTs the real prediction to
-             /api/predictions when it finishes (see backend/queues.py for the hand-off).
+an entry: done, failed, or pending (formats in labelstudio/predictions.py). For a pending task the worker POSTs
+the real prediction to /api/predictions when it finishes (see jobs/handoff.py for the hand-off).
 
 A task handed over for late delivery gets a marker `refseg:pending:<project>:<task>` (the job id, then
 "posted" for POSTED_GRACE_S after the worker posted it): if LS asks for it again meanwhile (a second
@@ -26,28 +21,13 @@ from typing import Dict, List, Optional, Tuple
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from .labelconfig import ProjectConfig, task_expression
-from .queues import (BATCH, INTERACTIVE, JOB_PREDICT_INTERACTIVE, JOB_PREDICT_TASKS, PENDING_TTL_S, POSTED,
-                     RESULT_TTL_S, done_key, get_queue, give_up, job_alive, pending_key, posted_marker, take)
+from jobs.handoff import PENDING_TTL_S, POSTED, done_key, give_up, pending_key, posted_marker, take
+from jobs.liveness import ALIVE, job_alive
+from jobs.queues import BATCH, INTERACTIVE, enqueue_predict
+from labelstudio.labelconfig import ProjectConfig, task_expression
+from labelstudio.predictions import error_result, no_suggestion, pending_result, task_id
 
 log = logging.getLogger(__name__)
-
-ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
-BATCH_JOB_TIMEOUT_S = 1800
-
-
-def error_result(version: str, message: str) -> dict:
-    return {"result": [], "score": 0.0, "model_version": version, "error": message}
-
-
-def task_id(task):
-    """The task's id if it is a plain int/str (anything else is treated as no id: results still line up)."""
-    tid = task.get("id") if isinstance(task, dict) else None
-    return tid if isinstance(tid, (int, str)) and not isinstance(tid, bool) else None
-
-
-def pending_result(version: str) -> dict:
-    return {"score": 0.0, "model_version": f"{version}-pending", "pending": True}
 
 
 @dataclass
@@ -105,6 +85,12 @@ class PredictService:
         return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------------------------------- interactive
+    def nothing_to_suggest(self, project: str, tasks: List[dict]) -> List[dict]:
+        """An interactive request with an empty prompt (nothing typed, no click): the editor sends one right
+        after Submit/Update. Answering it with the task's suggestion would offer a duplicate; no job runs."""
+        version = self.versions.current(project).version
+        return [no_suggestion(version) for _ in tasks]
+
     def interactive(self, project: str, cfg: ProjectConfig, task: dict, context: dict) -> dict:
         t0 = time.monotonic()
         version = self.versions.current(project).version
@@ -167,26 +153,16 @@ class PredictService:
         return posted | {tid for tid, job in markers.items() if job in alive}
 
     def _enqueue(self, project, cfg, todo, request_id, queue_name, late) -> List[_Chunk]:
-        queue = get_queue(self.rq_conn, queue_name)
         size = self.settings.batch_chunk_size if queue_name == BATCH else 1
-        interactive = queue_name == INTERACTIVE
+        # a stale interactive job is useless: dropped if no worker picks it up in time
+        stale_after_s = int(self.settings.interactive_timeout_s) + 5 if queue_name == INTERACTIVE else None
         chunks = []
         for k in range(0, len(todo), size):
             part = todo[k:k + size]
             job_id = f"predict-{request_id}-{k // size}"
             job_tasks = [t for _, t in part]
-            queue.enqueue_call(
-                JOB_PREDICT_INTERACTIVE if interactive else JOB_PREDICT_TASKS,
-                kwargs={"project": project, "config": cfg.to_dict(), "tasks": job_tasks,
-                        "request_id": request_id, "late": late},
-                job_id=job_id,
-                timeout=120 if interactive else BATCH_JOB_TIMEOUT_S,
-                # a stale interactive job is useless: drop it if no worker picks it up in time
-                ttl=int(self.settings.interactive_timeout_s) + 5 if interactive else None,
-                result_ttl=RESULT_TTL_S,
-                failure_ttl=24 * 3600,
-                description=f"{queue_name} predict project {project}: {len(job_tasks)} task(s)",
-            )
+            enqueue_predict(self.rq_conn, queue_name, job_id, project=project, config=cfg.to_dict(), tasks=job_tasks,
+                            request_id=request_id, late=late, stale_after_s=stale_after_s)
             chunks.append(_Chunk(job_id, [i for i, _ in part], [t["id"] for t in job_tasks]))
         return chunks
 

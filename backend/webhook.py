@@ -14,10 +14,10 @@ from typing import Tuple
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from . import training
-from .labelconfig import project_id
-from .predict import ALIVE
-from .queues import enqueue_finetune, job_alive
+from jobs import finetune_state
+from jobs.liveness import job_alive
+from jobs.queues import enqueue_finetune
+from labelstudio.labelconfig import project_id
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class WebhookService:
         if annotation.get("was_cancelled"):
             return {"status": "ignored", "action": action, "reason": "skipped task"}, 200
         every = self.settings.train_every_n_annotations
-        due = training.count_annotation(self.state, project, every)
+        due = finetune_state.count_annotation(self.state, project, every)
         body = {"status": "ok", "action": action, "project": project, "finetune": "not-due"}
         if due:
             body["finetune"] = self.request_finetune(project)
@@ -62,10 +62,10 @@ class WebhookService:
         return body, 201
 
     def request_finetune(self, project: str) -> str:
-        return training.request_finetune(self.state, project, lambda job_id: enqueue_finetune(
+        return finetune_state.request_finetune(self.state, project, lambda job_id: enqueue_finetune(
             self.rq_conn, self.settings, project, job_id), self._job_alive)
 
     def _job_alive(self, job_id: str) -> bool:
         job = Job.fetch_many([job_id], connection=self.rq_conn, serializer=JSONSerializer)[0]
-        return job_alive(self.state, job, ALIVE)
+        return job_alive(self.state, job)
 

@@ -36,7 +36,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import requests
-
 from bench_stack import CONFIG, ROOT, Stack, free_port, wait
 
 TOKEN = "bench-token"
@@ -100,7 +99,7 @@ class LabelStudioStandIn:
 
 
 def decode(result: dict, shape) -> np.ndarray:
-    from backend.brush import rle_to_mask
+    from labelstudio.brush import rle_to_mask
 
     mask = np.zeros(shape, dtype=bool)
     for r in result.get("result") or []:
@@ -112,9 +111,9 @@ def decode(result: dict, shape) -> np.ndarray:
 def run_ordering(name, project, samples, n_eval, args, ls, url, state, rounds_out):
     """samples[:n_eval] are never corrected (a fixed evaluation set, the same for every ordering); the others
     are the pool the annotator corrects."""
-    from backend.brush import brush_region
-    from backend.stats import finetune_status
-    from refseg_model.metrics import RefSegMetrics, sample_iou
+    from formats.metrics import RefSegMetrics, sample_iou
+    from jobs.stats import finetune_status
+    from labelstudio.brush import brush_region
 
     ls.projects[project] = {"id": project, "label_config": CONFIG}
     base_id = project * 100000
@@ -243,7 +242,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
     args = ap.parse_args()
 
-    from refseg_model.data.public import load_sample_mask, load_samples
+    from formats.datasets.layouts import load_samples
+    from formats.datasets.sample_mask import load_sample_mask
 
     pool = load_samples(args.data, args.split)
     random.Random(args.seed).shuffle(pool)
@@ -272,7 +272,7 @@ def main() -> None:
         stack.start_worker("train", args.threads, log="worker-train.log")
         url = stack.start_web(threads=8, timeout=0)
         stack.wait_workers(2, 600)
-        from backend.queues import state_connection
+        from jobs.connections import state_connection
 
         state = state_connection(env["REDIS_URL"])
         for k, name in enumerate(o.strip() for o in args.orderings.split(",") if o.strip()):

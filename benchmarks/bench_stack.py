@@ -1,5 +1,5 @@
 """The real services the backend benchmarks run against: redis-server, RQ workers and gunicorn on 127.0.0.1,
-started from one environment and stopped together. Shared by backend.py, load.py and active_learning.py.
+started from one environment and stopped together. Shared by web_stack.py, load.py and active_learning.py.
 """
 from __future__ import annotations
 

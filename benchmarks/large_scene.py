@@ -49,9 +49,9 @@ def default_checkpoint() -> str:
 
 def make_scene(path: Path, size: int, town: int, seed: int = 0) -> dict:
     """Write the scene GeoTIFF; return the ground truth (town box, expression, mask file)."""
+    from formats.georef import GeoReference
+    from formats.geotiff_writer import write_geotiff
     from refseg_model.data.synth import SceneGenerator
-    from refseg_model.geo import write_geotiff
-    from refseg_model.imageio import GeoReference
 
     gen = SceneGenerator(size=town, style="default", seed=seed)
     position_words = ("left", "right", "top", "bottom", "upper", "lower", "middle", "centre", "center", "corner",
@@ -108,7 +108,7 @@ def run_method(method: str, meta: dict, checkpoint: str, tile: int, threads: int
     t0 = time.perf_counter()
     extra = {}
     if method == "naive-inmemory":
-        from refseg_model.imageio import load_image
+        from formats.images import load_image
 
         image = load_image(meta["scene"])
         [pred] = predictor.predict(image, [meta["expression"]])

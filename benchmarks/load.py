@@ -19,10 +19,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import bench_stack as bench
 import numpy as np
 import requests
-
-import bench_stack as bench
 
 
 def well_formed(body, n_tasks: int, size: int) -> str:

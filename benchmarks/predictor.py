@@ -37,7 +37,7 @@ EXPRESSIONS = [
 
 def build(preset: str = "clip-vit-b16+sam-vit-b"):
     """The preset's architecture with random weights (towers from configs instead of hub / SAM files)."""
-    from refseg_model.build import BUILTIN_TOKENIZER, _VOCAB, build_model, preset_config
+    from refseg_model.build import _VOCAB, BUILTIN_TOKENIZER, build_model, preset_config
 
     cfg = copy.deepcopy(preset_config(preset))
     # openai/clip-vit-base-patch16: transformers' CLIPConfig defaults are ViT-B/32; B/16 differs in patch size only

@@ -1,4 +1,4 @@
-"""Benchmark: backend.brush.mask_to_rle vs the SDK's pure-Python mask2rle.
+"""Benchmark: labelstudio.brush.mask_to_rle vs the SDK's pure-Python mask2rle.
 
 Run:  .venv/bin/python benchmarks/rle_codec.py [size]
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-# the repository first: run as a script, this folder comes first and its backend.py would shadow the package
+# the repository first: run as a script, this folder comes first on sys.path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -56,7 +56,7 @@ def bench_rle(size: int = 4096, repeats: int = 5, sdk_repeats: int = 2) -> dict:
     """
     from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-    from backend.brush import mask_to_rle, rle_to_mask
+    from labelstudio.brush import mask_to_rle, rle_to_mask
 
     mask = make_mask(size)
     t_sdk, rle_sdk = _best(lambda: mask2rle(mask.astype(np.uint8) * 255), sdk_repeats)

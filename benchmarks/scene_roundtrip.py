@@ -79,8 +79,9 @@ class GroundTruth:
 
 
 def write_scene(path: Path, size: int, nodata_box, truth: GroundTruth, layout: str) -> None:
-    from refseg_model.geo import geotiff_tags, write_geotiff
-    from refseg_model.imageio import GeoReference, _tifffile
+    from formats.georef import GeoReference
+    from formats.geotiff_writer import geotiff_tags, write_geotiff
+    from formats.tiff_codecs import tifffile_module as _tifffile
 
     georef = GeoReference((0.3, 0.0, 600000.0, 0.0, -0.3, 5200000.0), "EPSG:32632")
     noise = np.random.default_rng(SEED).integers(0, 200, (512, 512, 3)).astype(np.uint16)
@@ -137,7 +138,7 @@ def run_measured(argv, log: Path) -> dict:
 def annotate(tasks_file: Path, export_file: Path, truth: GroundTruth, skip: int = 3):
     """Ground-truth chip masks as brush annotations (empty chips: an annotation with no region); `skip` chips
     in the middle of the scene are left unannotated. Returns (annotated windows, unannotated task ids)."""
-    from backend.brush import brush_region
+    from labelstudio.brush import brush_region
 
     tasks = json.loads(tasks_file.read_text())
     middle = sorted(range(len(tasks)), key=lambda i: abs(i - len(tasks) // 2))[:skip]
@@ -157,7 +158,7 @@ def annotate(tasks_file: Path, export_file: Path, truth: GroundTruth, skip: int 
 
 
 def check(scene: Path, report: dict, truth: GroundTruth, annotated, unannotated, size: int) -> dict:
-    from refseg_model.imageio import RasterReader
+    from formats.raster_reader import RasterReader
 
     [group] = report["groups"]
     band = 512
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
         write_scene(scene, size, nodata_box, truth, args.layout)
         print(f"scene: {size}x{size}x3 uint16 {args.layout} GeoTIFF, {scene.stat().st_size / 2**20:.0f} MiB, "
               f"written in {time.perf_counter() - t0:.0f} s", flush=True)
-        py = [sys.executable, "-m", "refseg_model.cli"]
+        py = [sys.executable, "-m", "cli"]
         tasks_dir = work / "tasks"
         steps = {"tasks": run_measured(py + ["tasks", str(scene), "--chip", str(args.chip), "--overlap",
                                              str(args.overlap), "--expression", EXPRESSION, "--out", str(tasks_dir),

@@ -27,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from refseg_model.imageio import GeoReference, Window
+from formats.georef import GeoReference
+from formats.raster_reader import Window
 
 DATA_KEY = "chip"
 

@@ -13,7 +13,7 @@ Chips
     Windows of `chip` x `chip` px with `overlap` px shared between neighbours (stride = chip - overlap); the
     last row and column of windows are moved back to end flush with the scene, so every chip has the full size
     (unless the scene is smaller than a chip). Each chip is rendered exactly as `refseg predict` renders the
-    scene (refseg_model.imageio: band selection, per-band stretch to 8 bits, nodata -> 0), with ONE set of
+    scene (formats: band selection, per-band stretch to 8 bits, nodata -> 0), with ONE set of
     stretch statistics for the whole scene (`RasterReader.stretch_params`, from an overview), so neighbouring
     chips look alike and no seams appear. Chips whose pixels are all nodata are skipped (no PNG, no task).
     Written as PNG (lossless, what the annotator sees is what the model sees) under OUT/<scene id>/.
@@ -46,10 +46,12 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from backend.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
-from refseg_model.imageio import RasterReader, Window, is_tiff, parse_bands, parse_stretch
+from formats.image_source import is_tiff
+from formats.raster_reader import RasterReader, Window
+from formats.stretch import parse_bands, parse_stretch
 
 from .chip_georef import DATA_KEY, ChipGeoref, scene_georef_from
+from .labelconfig import LabelConfigError, ProjectConfig, parse_label_config
 
 # A chip and expressions -> one (H x W bool mask, score) per expression (see refseg_model.scene_predict).
 ChipPredict = Callable[[np.ndarray, Sequence[str]], List[Tuple[np.ndarray, float]]]
@@ -284,7 +286,7 @@ def chip_tasks(chip: Chip, url: str, expressions: Sequence[str], cfg: ProjectCon
     text_key = cfg.text_key or "expression"
     tasks = [{"data": {cfg.image_key: url, text_key: e, DATA_KEY: geo}} for e in expressions]
     if predict is not None:
-        from workers.regions import prediction  # torch-free: brush RLE / polygon regions
+        from .predictions import prediction  # brush RLE / polygon regions
 
         preds = predict(chip.rgb, list(expressions))
         if len(preds) != len(expressions):

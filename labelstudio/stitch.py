@@ -11,7 +11,7 @@ a TextArea does not move a chip to another group).
 Which annotation: the newest submitted, non-cancelled annotation of the task, ground-truth annotations first
 (as `refseg export` for data sets), but an annotation with no region counts: it says "no target in this chip"
 and is background. Its mask is the union of the project's BrushLabels/PolygonLabels regions
-(backend.export.annotation_mask) and must have the chip's size.
+(labelstudio.samples.annotation_mask) and must have the chip's size.
 
 Chips that are not annotated are never taken as background. They are listed in the report (task id, window)
 and drawn as footprints in `<name>.unannotated.geojson`, together with the windows of the scene's chip grid
@@ -30,7 +30,7 @@ Where only one annotated chip covers a pixel (the neighbour is not annotated) th
 Output, per group, under OUT/<scene id>/:
     <expression slug>.tif       single-band uint8 GeoTIFF, 255 = target, 0 = background or not covered, the
                                 scene's size and georeference (transform, CRS, GeoKeys copied), tiled, deflate
-    <expression slug>.geojson   the target as polygons in the scene's CRS (refseg_model.geo.mask_to_geojson)
+    <expression slug>.geojson   the target as polygons in the scene's CRS (formats.mask_polygons.mask_to_geojson)
     <expression slug>.unannotated.geojson   footprints of unannotated / missing chips (only if there are any)
 and OUT/report.json with every group, its unannotated chips and the tasks that are not scene chips.
 
@@ -51,12 +51,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from backend.export import ExportError, _ls_credentials, annotation_mask, infer_config, load_ls_json
-from backend.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
-from refseg_model.geo import mask_to_geojson, write_geojson, write_geotiff
-from refseg_model.imageio import GeoReference, Window
+from formats.georef import GeoReference
+from formats.geotiff_writer import write_geotiff
+from formats.mask_polygons import mask_to_geojson, write_geojson
+from formats.raster_reader import Window
 
 from .chip_georef import DATA_KEY, ChipDataError, ChipGeoref
+from .export import _ls_credentials, infer_config, load_ls_json
+from .labelconfig import LabelConfigError, ProjectConfig, parse_label_config
+from .samples import AnnotationError, annotation_mask
 from .scene_tasks import DEFAULT_CONFIG, chip_windows, load_label_config, scene_id_for
 
 BAND_ROWS = 512
@@ -138,7 +141,7 @@ def stitch_chips(height: int, width: int, chips: Sequence[Tuple[Window, np.ndarr
 # ------------------------------------------------------------------------------------------ tasks -> groups
 def submitted_annotation(annotations: Sequence[dict]) -> Optional[dict]:
     """The newest submitted, non-cancelled annotation, ground-truth annotations first. Unlike
-    backend.export.pick_annotation (for training samples, which need a mask), an annotation without regions
+    labelstudio.samples.pick_annotation (for training samples, which need a mask), an annotation without regions
     counts: for a chip it means "the target is not in this chip"."""
     done = [a for a in annotations or [] if isinstance(a, dict) and not a.get("was_cancelled")]
     if not done:
@@ -206,7 +209,7 @@ def group_chip_tasks(tasks: Iterable[dict], cfg: ProjectConfig) -> Tuple[Dict[tu
         h, w = geo.window[2:]
         try:
             mask = annotation_mask(cfg, annotation.get("result") or [])
-        except ExportError as exc:
+        except AnnotationError as exc:
             group.invalid.append({"task": tid, "window": window, "reason": str(exc)})
             continue
         if mask is None:
@@ -342,7 +345,7 @@ def stitch_ls_project(project: str, out: Union[str, Path], ls_url: Optional[str]
                       ls_token: Optional[str] = None) -> dict:
     """Stitch a project read through Label Studio's API (URL and key default to LABEL_STUDIO_URL /
     LABEL_STUDIO_API_KEY): all its tasks, so that unannotated chips are known too."""
-    from workers.lsclient import LabelStudioClient, LabelStudioError
+    from .client import LabelStudioClient, LabelStudioError
 
     ls_url, ls_token = _ls_credentials(ls_url, ls_token)
     project = str(project).strip()

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
-from .data.interchange import Sample
-from .imageio import load_image
-from .metrics import RefSegMetrics
+from formats.datasets.sample import Sample
+from formats.images import load_image
+from formats.metrics import RefSegMetrics
+
 from .predictor import RefSegPredictor
 
 
@@ -24,7 +26,7 @@ def evaluate_samples(
 
     With `per_sample` (a list), each sample's IoU is appended to it in order.
     """
-    from .data.public import load_sample_mask
+    from formats.datasets.sample_mask import load_sample_mask
 
     @lru_cache(maxsize=2 * batch_size)
     def image(path: str) -> np.ndarray:
@@ -41,3 +43,24 @@ def evaluate_samples(
         if per_sample is not None:
             per_sample.append(iou)
     return metrics.compute()
+
+
+def batch_intersection_union(pred: torch.Tensor, gt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample intersection and union counts for a batch, on the tensors' device.
+
+    Args:
+        pred: B x H x W bool tensor (other dtypes: non-zero = target).
+        gt: B x H x W tensor of the same shape.
+
+    Returns:
+        (inter, union): two int64 tensors of shape B. Feed them to `RefSegMetrics.add_counts` together with
+        `iou_from_counts(inter[i], union[i])`.
+    """
+    if pred.dim() != 3 or pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must both be B x H x W with the same shape, got {tuple(pred.shape)} "
+                         f"and {tuple(gt.shape)}")
+    p = pred if pred.dtype == torch.bool else pred != 0
+    g = gt if gt.dtype == torch.bool else gt != 0
+    inter = (p & g).flatten(1).sum(dim=1, dtype=torch.int64)
+    union = (p | g).flatten(1).sum(dim=1, dtype=torch.int64)
+    return inter, union

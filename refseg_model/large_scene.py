@@ -52,13 +52,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imageio import DEFAULT_STRETCH, STATS_MAX_SIDE, GeoReference, RasterReader, Stretch, parse_bands
+from formats.georef import GeoReference
+from formats.raster_reader import STATS_MAX_SIDE, RasterReader
+from formats.stretch import DEFAULT_STRETCH, Stretch, parse_bands
+
 from .modeling.refseg import ImageEmbedding
 from .predictor import RefSegPredictor, confidence
+from .scene_geometry import Box, bilinear_rows, dilate, feather_weights, roi_boxes
 from .transforms import logits_to_original
 
 STRATEGIES = ("auto", "tile", "coarse", "naive")
-Box = Tuple[int, int, int, int]  # (row0, col0, height, width)
 
 
 @dataclass
@@ -130,7 +133,7 @@ class _TiffSource(_Source):
         if self._overview is None:
             raw, valid, f = self.reader.read_overview(STATS_MAX_SIDE, self.bands)
             if self._stretch is None:
-                from .imageio import compute_stretch, parse_stretch
+                from formats.stretch import compute_stretch, parse_stretch
 
                 mode = parse_stretch(self.stretch_mode) if not isinstance(self.stretch_mode, tuple) else self.stretch_mode
                 if mode == "auto":
@@ -192,76 +195,6 @@ def _starts(n: int, size: int, stride: int) -> List[int]:
     return starts
 
 
-def _ramp(n: int, ramp: int) -> np.ndarray:
-    """Feather weights along one axis: linear from the window edge over `ramp` px, never zero."""
-    i = np.arange(n, dtype=np.float32)
-    d = np.minimum(i, n - 1 - i) + 0.5
-    return np.clip(d / max(1, ramp), 1e-3, 1.0).astype(np.float32)
-
-
-def _bilinear_rows(low: np.ndarray, f: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """Full-resolution rows [r0, r1) x cols [c0, c1) of overview values `low` (factor f), bilinear."""
-    def axis(a0: int, a1: int, n: int):
-        u = np.clip((np.arange(a0, a1, dtype=np.float64) + 0.5) / f - 0.5, 0, n - 1)
-        i0 = np.floor(u).astype(np.int64)
-        return i0, np.minimum(i0 + 1, n - 1), (u - i0).astype(np.float32)
-
-    y0, y1, ty = axis(r0, r1, low.shape[0])
-    x0, x1, tx = axis(c0, c1, low.shape[1])
-    top = low[y0][:, x0] * (1 - tx) + low[y0][:, x1] * tx
-    bot = low[y1][:, x0] * (1 - tx) + low[y1][:, x1] * tx
-    return top * (1 - ty)[:, None] + bot * ty[:, None]
-
-
-def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
-    """Binary dilation by a (2k+1) square, by shifted ORs along each axis (separable)."""
-    out = mask.copy()
-    for axis in (0, 1):
-        src = out.copy()
-        for s in range(1, k + 1):
-            if axis == 0:
-                out[s:] |= src[:-s]
-                out[:-s] |= src[s:]
-            else:
-                out[:, s:] |= src[:, :-s]
-                out[:, :-s] |= src[:, s:]
-    return out
-
-
-def _component_boxes(mask: np.ndarray) -> List[Box]:
-    """Bounding boxes (row0, col0, h, w) of the 4-connected components of a small bool mask."""
-    from .geo import mask_to_polygons
-
-    boxes = []
-    for poly in mask_to_polygons(mask):
-        ext = poly[0]
-        x0, y0 = int(ext[:, 0].min()), int(ext[:, 1].min())
-        x1, y1 = int(ext[:, 0].max()), int(ext[:, 1].max())
-        boxes.append((y0, x0, y1 - y0, x1 - x0))
-    return boxes
-
-
-def _merge_boxes(boxes: List[Box]) -> List[Box]:
-    """Union overlapping boxes until all are disjoint."""
-    boxes = list(boxes)
-    changed = True
-    while changed:
-        changed = False
-        out: List[Box] = []
-        for b in boxes:
-            for k, o in enumerate(out):
-                if b[0] < o[0] + o[2] and o[0] < b[0] + b[2] and b[1] < o[1] + o[3] and o[1] < b[1] + b[3]:
-                    r0, c0 = min(b[0], o[0]), min(b[1], o[1])
-                    r1, c1 = max(b[0] + b[2], o[0] + o[2]), max(b[1] + b[3], o[1] + o[3])
-                    out[k] = (r0, c0, r1 - r0, c1 - c0)
-                    changed = True
-                    break
-            else:
-                out.append(b)
-        boxes = out
-    return boxes
-
-
 # ------------------------------------------------------------------------------------------------ main entry
 
 
@@ -321,17 +254,8 @@ def predict_scene(
             elif strategy == "coarse" and ov_mask.any():
                 m = tile // 2 if margin is None else int(margin)
                 k = max(1, math.ceil(m / f))
-                gate = _dilate(ov_mask, k)
-                boxes = []
-                for r0, c0, h, w in _component_boxes(gate):
-                    r0, c0, r1, c1 = r0 * f, c0 * f, min(H, (r0 + h) * f), min(W, (c0 + w) * f)
-                    # at least one window per ROI, centred on it
-                    if r1 - r0 < tile:
-                        r0 = max(0, min((r0 + r1) // 2 - tile // 2, H - tile)); r1 = min(H, r0 + tile)  # noqa: E702
-                    if c1 - c0 < tile:
-                        c0 = max(0, min((c0 + c1) // 2 - tile // 2, W - tile)); c1 = min(W, c0 + tile)  # noqa: E702
-                    boxes.append((r0, c0, r1 - r0, c1 - c0))
-                result.rois = _merge_boxes(boxes)
+                gate = dilate(ov_mask, k)
+                result.rois = roi_boxes(gate, f, tile, H, W)
         if strategy == "tile":
             result.rois = [(0, 0, H, W)]
         if strategy in ("tile", "coarse"):
@@ -359,7 +283,7 @@ def _fill_from_overview(mask: np.ndarray, low: np.ndarray, f: int, thr: float, r
     H, W = mask.shape
     for r0 in range(0, H, rows):
         r1 = min(H, r0 + rows)
-        mask[r0:r1] = _bilinear_rows(low, f, r0, r1, 0, W) > thr
+        mask[r0:r1] = bilinear_rows(low, f, r0, r1, 0, W) > thr
 
 
 def _tile_box(predictor, src: _Source, expression: str, box: Box, mask: np.ndarray, tile: int, overlap: float,
@@ -371,7 +295,7 @@ def _tile_box(predictor, src: _Source, expression: str, box: Box, mask: np.ndarr
     stride = max(1, int(tile * (1 - overlap)))
     ramp = max(1, tile - stride)
     rows, cols = _starts(bh, th, stride), _starts(bw, tw, stride)
-    wy, wx = _ramp(th, ramp), _ramp(tw, ramp)
+    wy, wx = feather_weights(th, ramp), feather_weights(tw, ramp)
     weight = wy[:, None] * wx[None, :]
     acc = np.zeros((th, bw), np.float32)
     wacc = np.zeros((th, bw), np.float32)
@@ -412,7 +336,7 @@ def _tile_box(predictor, src: _Source, expression: str, box: Box, mask: np.ndarr
             low, f = fallback
             uncovered = w == 0
             if uncovered.any():
-                out |= uncovered & (_bilinear_rows(low, f, r0, r1, bc0, bc0 + bw) > thr)
+                out |= uncovered & (bilinear_rows(low, f, r0, r1, bc0, bc0 + bw) > thr)
         if gate is not None:
             g, f = gate
             ri = np.minimum(np.arange(r0, r1) // f, g.shape[0] - 1)

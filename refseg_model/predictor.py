@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .device import resolve_device  # noqa: F401  (re-exported: the predictor's callers resolve DEVICE with it)
 from .modeling.refseg import ImageEmbedding, RefSegModel
 from .transforms import image_to_frame, logits_to_original
 
@@ -35,13 +36,6 @@ class CachedImage:
     embedding: ImageEmbedding  # batch of 1
     resized: Tuple[int, int]
     original: Tuple[int, int]
-
-
-def resolve_device(name: str) -> str:
-    """"auto" (or empty) -> "cuda" when a GPU is visible, else "cpu"; anything else is returned as given."""
-    if name in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def image_key(image: np.ndarray) -> str:

@@ -4,7 +4,7 @@
 #
 #   LABEL_STUDIO_URL=http://localhost:8080 LABEL_STUDIO_API_KEY=<token> bash scripts/serve.sh
 #
-# Other settings (REFSEG_MODEL, MODEL_DIR, DEVICE, BASIC_AUTH_USER/PASS, ...): see backend/settings.py.
+# Other settings (REFSEG_MODEL, MODEL_DIR, DEVICE, BASIC_AUTH_USER/PASS, ...): see jobs/settings.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

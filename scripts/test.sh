@@ -3,5 +3,7 @@
 # (real redis-server, real RQ workers, real HTTP; no GPU needed). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --test
+# the layers (pyproject.toml [tool.importlinter]): a forbidden import, lazy ones included, fails here
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,4 +1,4 @@
-"""backend.brush: bit-exact against the Label Studio SDK's brush RLE codec."""
+"""labelstudio.brush: bit-exact against the Label Studio SDK's brush RLE codec."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from backend.brush import brush_region, mask_to_rle, rle_to_mask
+from labelstudio.brush import brush_region, mask_to_rle, rle_to_mask
 
 
 def sdk_encode(mask: np.ndarray) -> list[int]:
@@ -129,7 +129,7 @@ def test_long_runs_across_rows():
 @pytest.mark.parametrize("block, chunk", [(1, 1), (7, 3), (64, 5)])
 def test_block_and_chunk_boundaries(monkeypatch, block, chunk):
     """The encoder scans pixels and packs runs in blocks: make blocks tiny."""
-    import backend.brush as brush
+    import labelstudio.brush as brush
 
     monkeypatch.setattr(brush, "_RUN_BLOCK", block)
     monkeypatch.setattr(brush, "_RUNS_PER_CHUNK", chunk)
@@ -169,7 +169,7 @@ def test_property_long_runs(runs, first_on):
 @settings(max_examples=200, deadline=None)
 @given(hnp.arrays(np.bool_, st.integers(1, 70)))
 def test_packed_change_points_equal_a_pixelwise_compare(flat):
-    from backend.brush import _bool_change_points
+    from labelstudio.brush import _bool_change_points
 
     expected = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     assert np.array_equal(_bool_change_points(flat), expected)
@@ -358,7 +358,7 @@ def test_brush_region():
 
 def test_module_imports_no_heavy_deps():
     code = (
-        "import sys, backend.brush; "
+        "import sys, labelstudio.brush; "
         "bad = {'torch', 'flask', 'label_studio_sdk'} & set(sys.modules); "
         "assert not bad, bad"
     )

@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cli.main import main
 from refseg_model.checkpoint import load_checkpoint, load_model, save_checkpoint
-from refseg_model.cli import main
 from refseg_model.predictor import RefSegPredictor
 
 torch.set_num_threads(1)
@@ -30,10 +30,10 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def refseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the command line in a fresh process (`python -m refseg_model.cli`, what the console script calls)."""
+    """Run the command line in a fresh process (`python -m cli.main`, what the console script calls)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run([sys.executable, "-m", "refseg_model.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

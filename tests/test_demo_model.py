@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not (DEMO_CHECKPOINT / "config.json").is_file(),
 
 
 def _refseg(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "refseg_model.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                           timeout=600)
 
 

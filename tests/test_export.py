@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from backend.brush import brush_region
-from refseg_model.cli import main as refseg
-from refseg_model.data.interchange import read_interchange
-from refseg_model.data.public import load_sample_mask, read_rrsisd
+from cli.main import main as refseg
+from formats.datasets.interchange import read_interchange
+from formats.datasets.rrsisd import read_rrsisd
+from formats.datasets.sample_mask import load_sample_mask
+from formats.images import load_image
+from labelstudio.brush import brush_region
 from refseg_model.data.synth import write_dataset
-from refseg_model.imageio import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """<View>
@@ -206,7 +206,7 @@ def test_ls_project_through_the_api(ls_project, tmp_path, capsys, monkeypatch):
 
 
 def test_refseg_model_does_not_import_web_code():
-    code = ("import sys, refseg_model.cli; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+    code = ("import sys, cli.main; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('backend', 'workers', 'flask', 'rq', 'redis', 'requests')); print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

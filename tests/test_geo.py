@@ -1,4 +1,5 @@
-"""Tests of refseg_model.geo: mask -> polygons (exact areas, holes, saddles), GeoJSON in the scene CRS, GeoTIFF masks."""
+"""Tests of formats.mask_polygons and formats.geotiff_writer: mask -> polygons (exact areas, holes, saddles), GeoJSON
+in the scene CRS, GeoTIFF masks."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refseg_model.geo import (
+from formats.georef import GeoReference
+from formats.geotiff_writer import write_mask_geotiff
+from formats.images import load_mask
+from formats.mask_polygons import (
     _inside,
     _ring_area,
     mask_to_geojson,
     mask_to_polygons,
     polygon_pixel_area,
     write_geojson,
-    write_mask_geotiff,
 )
-from refseg_model.imageio import GeoReference, RasterReader, load_mask, load_raster
+from formats.raster import load_raster
+from formats.raster_reader import RasterReader
 
 UTM = GeoReference((0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "EPSG:32633")
 

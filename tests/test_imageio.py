@@ -1,5 +1,6 @@
-"""Tests of refseg_model.imageio: PNG/JPEG as before, (Geo)TIFF bands / stretch / nodata / georeference, windows,
-overviews, LZW fallback, bad files; and the data set export CLI on a data set holding a 16-bit GeoTIFF."""
+"""Tests of formats.images / .raster / .raster_reader / .stretch / .georef / .tiff_codecs: PNG/JPEG as before,
+(Geo)TIFF bands / stretch / nodata / georeference, windows, overviews, LZW fallback, bad files; and the data set
+export CLI on a data set holding a 16-bit GeoTIFF."""
 from __future__ import annotations
 
 import io
@@ -10,20 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refseg_model.geo import write_geotiff
-from refseg_model.imageio import (
-    MAX_IMAGE_PIXELS,
-    GeoReference,
-    ImageLoadError,
-    RasterReader,
-    load_image,
-    load_mask,
-    load_raster,
-    lzw_decode,
-    parse_bands,
-    parse_stretch,
-    save_mask,
-)
+from formats.georef import GeoReference
+from formats.geotiff_writer import write_geotiff
+from formats.image_source import MAX_IMAGE_PIXELS, ImageLoadError
+from formats.images import load_image, load_mask, save_mask
+from formats.raster import load_raster
+from formats.raster_reader import RasterReader
+from formats.stretch import parse_bands, parse_stretch
+from formats.tiff_codecs import lzw_decode
 
 GEO = GeoReference((10.0, 0.0, 600000.0, 0.0, -10.0, 5000000.0), "EPSG:32632")
 
@@ -209,9 +204,10 @@ def test_parsers():
 
 def test_export_cli_round_trip_with_geotiff_images(tmp_path: Path):
     """interchange (with a 16-bit 4-band GeoTIFF image) -> RRSIS-D -> interchange via `refseg export`."""
-    from refseg_model.cli import main
-    from refseg_model.data.interchange import read_interchange, write_annotations
-    from refseg_model.data.public import load_sample_mask, load_samples
+    from cli.main import main
+    from formats.datasets.interchange import read_interchange, write_annotations
+    from formats.datasets.layouts import load_samples
+    from formats.datasets.sample_mask import load_sample_mask
 
     root = tmp_path / "ic"
     (root / "images").mkdir(parents=True)
@@ -251,7 +247,8 @@ def test_export_cli_round_trip_with_geotiff_images(tmp_path: Path):
 def test_image_dimensions_reads_headers_only_and_agrees_with_load_image(tmp_path):
     import tifffile
 
-    from refseg_model.imageio import ImageLoadError, image_dimensions, load_image
+    from formats.image_source import ImageLoadError
+    from formats.images import image_dimensions, load_image
 
     rgb = np.zeros((30, 40, 3), np.uint8)
     Image.fromarray(rgb).save(tmp_path / "a.png")

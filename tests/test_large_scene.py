@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import refseg_model.large_scene as ls
-from refseg_model.geo import write_geotiff
-from refseg_model.imageio import GeoReference, load_raster
+from formats.georef import GeoReference
+from formats.geotiff_writer import write_geotiff
+from formats.raster import load_raster
 
 UTM = GeoReference((0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "EPSG:32633")
 
@@ -169,7 +170,7 @@ def test_cli_predict_on_a_10k_geotiff(tmp_path: Path, capsys):
 
     Uses the streamed naive strategy with the tiny random model so that the test stays quick; the other
     strategies on the same kind of scene are measured by benchmarks/large_scene.py."""
-    from refseg_model.cli import main
+    from cli.main import main
 
     scene = tmp_path / "scene.tif"
     t0 = time.perf_counter()
@@ -196,7 +197,7 @@ def test_cli_predict_on_a_10k_geotiff(tmp_path: Path, capsys):
 
 
 def test_cli_predict_small_geotiff_strategies(tmp_path: Path, capsys):
-    from refseg_model.cli import main
+    from cli.main import main
 
     data = np.random.default_rng(0).integers(0, 4000, (300, 400, 4)).astype(np.uint16)
     write_geotiff(tmp_path / "ms.tif", data, UTM)

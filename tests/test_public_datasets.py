@@ -1,4 +1,5 @@
-"""Tests of refseg_model.data.public: RefSegRS / RISBench / RRSIS-D readers and writers, COCO RLE, safe pickle."""
+"""Tests of formats.datasets (refsegrs, rrsisd, interchange, layouts, coco_masks, refs_pickle): RefSegRS / RISBench /
+RRSIS-D readers and writers, COCO RLE, safe pickle."""
 from __future__ import annotations
 
 import json
@@ -12,25 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from refseg_model.data.interchange import DatasetFormatError, Sample, read_interchange, write_annotations
-from refseg_model.data.public import (
-    load_refs_pickle,
-    load_sample_mask,
-    load_samples,
+from formats.datasets.coco_masks import (
     polygons_to_mask,
-    read_refsegrs,
-    read_rrsisd,
     rle_counts_to_string,
     rle_decode,
     rle_encode,
     rle_string_to_counts,
     segmentation_to_mask,
-    write_interchange,
-    write_refsegrs,
-    write_rrsisd,
-    write_samples,
 )
-from refseg_model.imageio import load_image
+from formats.datasets.interchange import read_interchange, write_annotations, write_interchange
+from formats.datasets.layouts import load_samples, write_samples
+from formats.datasets.refs_pickle import load_refs_pickle
+from formats.datasets.refsegrs import read_refsegrs, write_refsegrs
+from formats.datasets.rrsisd import read_rrsisd, write_rrsisd
+from formats.datasets.sample import DatasetFormatError, Sample
+from formats.datasets.sample_mask import load_sample_mask
+from formats.images import load_image
 
 H = W = 16
 

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.brush import brush_region, rle_to_mask
+from cli.main import main as refseg
+from formats.georef import GeoReference
+from formats.geotiff_writer import write_geotiff
+from formats.raster import load_raster
+from formats.raster_reader import RasterReader
+from labelstudio.brush import brush_region, rle_to_mask
 from labelstudio.chip_georef import ChipGeoref
 from labelstudio.scene_tasks import DEFAULT_CONFIG, Chip, chip_tasks, chip_windows
 from labelstudio.stitch import PackedMask, stitch_chips
-from refseg_model.cli import main as refseg
-from refseg_model.geo import write_geotiff
-from refseg_model.imageio import GeoReference, RasterReader, load_raster
 
 ROOT = Path(__file__).resolve().parents[1]
 UTM = GeoReference((0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "EPSG:32633")

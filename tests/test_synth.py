@@ -6,9 +6,10 @@ import re
 import numpy as np
 import pytest
 
-from refseg_model.data.interchange import SPLITS, read_interchange
+from formats.datasets.interchange import read_interchange
+from formats.datasets.sample import SPLITS
+from formats.images import load_image, load_mask
 from refseg_model.data.synth import KINDS, STYLES, Scene, SceneGenerator, write_dataset
-from refseg_model.imageio import load_image, load_mask
 
 
 def _scenes(style: str, n: int, difficulty: float = 1.0, seed: int = 3, size: int = 128) -> list:

@@ -6,6 +6,7 @@ Data: a small synthetic interchange-layout set (64 px scenes, the tiny model's i
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -17,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from formats.datasets.layouts import load_samples
+from formats.datasets.sample_mask import load_sample_mask
+from formats.images import load_image
 from refseg_model.checkpoint import load_checkpoint, load_model
-from refseg_model.data.public import load_sample_mask, load_samples
 from refseg_model.data.synth import write_dataset
-from refseg_model.imageio import load_image
 from refseg_model.modeling.loss import refseg_loss
 from refseg_model.train import TrainConfig, collate, train
 
@@ -98,15 +100,39 @@ def test_tiny_training_lowers_loss_and_writes_checkpoint(tmp_path, data_dir):
     assert json.loads((out.with_name("ckpt.train") / "history.json").read_text()) == result.history
 
 
+def test_progress_hook_reports_every_step_and_every_validation(tmp_path, data_dir):
+    """`on_progress` (the fine-tune status page's feed) sees each optimizer step and each validation on rank 0,
+    and stays out of the checkpoint's recorded config."""
+    calls = []
+
+    def hook(info: dict) -> None:  # a closure, like the worker's: neither JSON- nor safely pickle-able
+        calls.append(dict(info))
+
+    out = tmp_path / "ckpt"
+    result = train(TrainConfig(data=str(data_dir), out=str(out), init="preset:tiny", steps=6, batch_size=2,
+                               eval_every=3, max_val=2, augment=False, progress=False, threads=1, on_progress=hook))
+
+    steps = [c for c in calls if "val" not in c]
+    assert [c["step"] for c in steps] == [1, 2, 3, 4, 5, 6] and all(c["steps"] == 6 for c in steps)
+    assert all(isinstance(c["loss"], float) and math.isfinite(c["loss"]) and c["loss"] > 0 for c in steps)
+    evals = [c for c in calls if "val" in c]
+    assert [c["step"] for c in evals] == [3, 6] and all("gIoU" in c["val"] and c["steps"] == 6 for c in evals)
+    assert [c["loss"] for c in evals] == [steps[2]["loss"], steps[5]["loss"]]
+    assert [h["loss"] for h in result.history] == [round(c["loss"], 5) for c in evals]
+    recorded = json.loads((out / "config.json").read_text())["metadata"]["train"]
+    assert "on_progress" not in recorded and recorded["steps"] == 6
+    assert _state(out)["step"] == 6  # the resume state saved (and loads with weights_only) as before
+
+
 # ---------------------------------------------------------------------------------------------------- resume
 def test_interrupted_training_resumes(tmp_path, data_dir, capsys):
-    from refseg_model.cli import main
+    from cli.main import main
 
     out = tmp_path / "ckpt"
     state_file = tmp_path / "ckpt.train" / "state.pt"
     argv = ["train", "--data", str(data_dir), "--init", "preset:tiny", "--out", str(out), "--steps", "8",
             "--batch-size", "4", "--eval-every", "2", "--max-val", "2", "--threads", "1", "--no-augment"]
-    proc = subprocess.Popen([sys.executable, "-m", "refseg_model.cli", *argv], cwd=tmp_path, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *argv], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -222,7 +248,7 @@ def dump():
         json.dump(log, fh)
 
 sys.argv = ["refseg", *sys.argv[1:]]
-runpy.run_module("refseg_model.cli", run_name="__main__", alter_sys=True)
+runpy.run_module("cli.main", run_name="__main__", alter_sys=True)
 '''
 
 

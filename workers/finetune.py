@@ -12,18 +12,19 @@
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from backend import stats, training
-from backend.export import task_sample
-from backend.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
-from backend.queues import enqueue_finetune
-from backend.versions import new_version_name
+from formats.datasets.interchange import write_annotations
+from formats.datasets.splits import stable_splits
+from jobs import finetune_state, stats
+from jobs.queues import enqueue_finetune
+from jobs.versions import new_version_name, next_finetune_number
+from labelstudio.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
+from labelstudio.samples import write_task_samples
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,14 @@ class FinetuneSkipped(Exception):
 
 def run_finetune(rt, project: str, job_id: str) -> dict:
     s = rt.settings
-    if not training.start_finetune(rt.state, project, job_id, s.finetune_timeout_s + 600):
+    if not finetune_state.start_finetune(rt.state, project, job_id, s.finetune_timeout_s + 600):
         log.info("project %s: another fine-tune is running; it will rerun after it finishes", project)
         return {"status": "deferred"}
     t0 = time.time()
     outcome, report = "failed", {}
     try:
-        stats.set_finetune_status(rt.state, project, state="running", job=job_id, started=t0)
+        stats.set_finetune_status(rt.state, project, state="running", job=job_id, started=t0,
+                                  step=0, steps=s.finetune_steps, loss=None, progress_at=None)
         report = _finetune(rt, project, job_id)
         outcome = report["status"]
         return report
@@ -58,17 +60,64 @@ def run_finetune(rt, project: str, job_id: str) -> dict:
         stats.record_job(rt.state, "finetune", seconds, outcome != "failed")
         stats.set_finetune_status(rt.state, project, state=outcome, job=job_id, seconds=round(seconds, 2),
                                   **{k: v for k, v in report.items() if k != "status"})
-        successor = training.finish_finetune(rt.state, project, job_id)
+        _record_outcome(rt.state, project, job_id, outcome, report, seconds)
+        successor = finetune_state.finish_finetune(rt.state, project, job_id)
         if successor:
             log.info("project %s: triggers arrived during the run: enqueueing %s", project, successor)
             enqueue_finetune(rt.rq_conn, s, project, successor)
 
 
+def _record_outcome(state, project: str, job_id: str, outcome: str, report: dict, seconds: float) -> None:
+    """One entry of the project's outcome list (jobs.stats), which the status page plots and lists."""
+    if outcome not in stats.FINETUNE_OUTCOMES:  # "deferred": this job never ran a fine-tune
+        return
+    extra = {k: report[k] for k in ("parent", "samples", "held_out", "giou_delta", "giou_delta_se", "verdict")
+             if k in report}
+    try:
+        stats.record_finetune_outcome(state, project, status=outcome, version=report.get("version"),
+                                      giou_new=report.get("giou_new"), giou_current=report.get("giou_current"),
+                                      reason=report.get("reason"), job=job_id, seconds=round(seconds, 2), **extra)
+    except Exception as exc:  # Redis gone at this moment: the verdict is in the log; do not mask the job's own error
+        log.warning("project %s: could not record the fine-tune outcome: %s", project, exc)
+
+
+class ProgressReporter:
+    """TrainConfig.on_progress for a fine-tune: writes {step, steps, loss} to the project's fine-tune status at
+    most every `every_s` seconds (and always the last step). Never raises: Redis trouble must not stop training."""
+
+    def __init__(self, state, project: str, every_s: float = 1.0, clock=time.monotonic) -> None:
+        self.state, self.project, self.every_s, self.clock = state, project, every_s, clock
+        self.last = None  # clock of the last write
+
+    def __call__(self, progress: dict) -> None:
+        now = self.clock()
+        step, steps = int(progress["step"]), int(progress["steps"])
+        if self.last is not None and now - self.last < self.every_s and step < steps:
+            return
+        self.last = now
+        try:
+            stats.set_finetune_progress(self.state, self.project, step, steps, progress.get("loss"))
+        except Exception as exc:
+            log.warning("project %s: could not write fine-tune progress: %s", self.project, exc)
+
+
+def finetune_config(settings, data: Path, out: Path, init: str, version: str, on_progress=None):
+    """The training run of one fine-tune: FINETUNE_* settings, on the worker's DEVICE (cuda:1 stays cuda:1);
+    `on_progress` gets {"step", "steps", "loss"} after every step."""
+    from refseg_model.device import resolve_device
+    from refseg_model.train import TrainConfig
+
+    return TrainConfig(data=str(data), out=str(out), init=init, steps=settings.finetune_steps,
+                       batch_size=settings.finetune_batch_size, lr=settings.finetune_lr, version=version,
+                       device=resolve_device(settings.device), progress=False, resume=False,
+                       eval_every=settings.finetune_steps, on_progress=on_progress)
+
+
 def _finetune(rt, project: str, job_id: str) -> dict:
-    from refseg_model.data.interchange import read_interchange
+    from formats.datasets.interchange import read_interchange
     from refseg_model.evaluate import evaluate_samples
     from refseg_model.predictor import RefSegPredictor, resolve_device
-    from refseg_model.train import TrainConfig, train
+    from refseg_model.train import train, train_state_dir
 
     s = rt.settings
     if not rt.ls.configured:
@@ -78,7 +127,7 @@ def _finetune(rt, project: str, job_id: str) -> dict:
     except LabelConfigError as exc:
         raise FinetuneSkipped(f"label config: {exc}") from None
     current = rt.versions.current(project)
-    n = int(rt.state.incr(f"refseg:project:{project}:ft_counter"))
+    n = next_finetune_number(rt.state, project)
     version = new_version_name(rt.versions.base, project, n)
     project_dir = Path(s.model_dir) / project
     candidate = project_dir / f".candidate-{job_id}"
@@ -88,11 +137,8 @@ def _finetune(rt, project: str, job_id: str) -> dict:
         log.info("project %s: %d annotated task(s) -> fine-tuning %s from %s", project, count, version,
                  current.version)
         stats.set_finetune_status(rt.state, project, state="training", samples=count, version=version)
-        result = train(TrainConfig(
-            data=str(work), out=str(candidate), init=current.checkpoint, steps=s.finetune_steps,
-            batch_size=s.finetune_batch_size, lr=s.finetune_lr, version=version,
-            device="cuda" if s.device.startswith("cuda") else s.device,
-            progress=False, resume=False, eval_every=s.finetune_steps))
+        result = train(finetune_config(s, work, candidate, current.checkpoint, version,
+                                       on_progress=ProgressReporter(rt.state, project)))
         held_out = read_interchange(work, "test")
         iou_old, iou_new = [], []
         old = evaluate_samples(rt.models.get(current.checkpoint), held_out, progress=False, per_sample=iou_old)
@@ -106,9 +152,11 @@ def _finetune(rt, project: str, job_id: str) -> dict:
         verdict = (f"held-out gIoU {new['gIoU']:.4f} vs {old['gIoU']:.4f} for {current.version} "
                    f"({report['giou_delta']:+.4f} ± {'unknown' if se is None else f'{se:.4f}'} s.e.; better on "
                    f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)})")
+        report["verdict"] = verdict
         if new["gIoU"] + s.finetune_promote_tolerance < old["gIoU"]:
             log.info("project %s: %s not promoted: %s", project, version, verdict)
-            return {"status": "rejected", **report}
+            tolerance = f", tolerance {s.finetune_promote_tolerance:g}" if s.finetune_promote_tolerance else ""
+            return {"status": "rejected", **report, "reason": f"worse than {current.version}{tolerance}: {verdict}"}
         final = project_dir / version
         if final.exists():  # a leftover of a crashed run with the same number: never overwrite silently
             shutil.rmtree(final)
@@ -121,40 +169,18 @@ def _finetune(rt, project: str, job_id: str) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(candidate, ignore_errors=True)
-        shutil.rmtree(candidate.with_name(candidate.name + ".train"), ignore_errors=True)
+        shutil.rmtree(train_state_dir(candidate), ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------- data set
 def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
-    from PIL import Image
-
-    from refseg_model.data.interchange import write_annotations
-    from refseg_model.imageio import ImageLoadError, save_mask
-
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    records = []
-    for task in rt.ls.labeled_tasks(project):
-        sample, why = task_sample(cfg, task)  # one definition of "the sample of a task", shared with export
-        if sample is None:
-            log.debug("project %s task %s: skipped, %s", project, task.get("id"), why)
-            continue
-        mask, expression, _ = sample
-        url = (task.get("data") or {}).get(cfg.image_key)
-        try:
-            image = rt.media.image(url, task.get("id"), project)
-        except (ValueError, OSError, ImageLoadError) as exc:
-            log.warning("project %s task %s: skipped, image: %s", project, task.get("id"), exc)
-            continue
-        if image.shape[:2] != mask.shape:
-            log.warning("project %s task %s: skipped, mask %s does not match image %s", project, task.get("id"),
-                        mask.shape, image.shape[:2])
-            continue
-        name = f"task{int(task['id'])}"
-        Image.fromarray(image).save(root / "images" / f"{name}.png")
-        save_mask(mask, root / "masks" / f"{name}.png")
-        records.append({"image": f"images/{name}.png", "mask": f"masks/{name}.png", "expression": expression,
-                        "task": int(task["id"])})
+    """The project's annotated tasks as an interchange data set under `root` (labelstudio.samples, the path
+    `refseg export` takes too), images rendered as predictions see them; held-out tasks are the "test" split."""
+    records, skipped = write_task_samples(rt.ls.labeled_tasks(project), cfg,
+                                          lambda url, tid: rt.media.image(url, tid, project), root)
+    for item in skipped:  # unreadable images and size mismatches are worth a look; unlabelled tasks are not
+        level = logging.WARNING if item["reason"].startswith(("image", "mask")) else logging.DEBUG
+        log.log(level, "project %s task %s: skipped, %s", project, item["task"], item["reason"])
     if len(records) < rt.settings.finetune_min_annotations:
         raise FinetuneSkipped(f"{len(records)} usable annotated task(s); need at least "
                               f"{rt.settings.finetune_min_annotations}")
@@ -179,27 +205,15 @@ def paired_comparison(iou_new, iou_current) -> dict:
             "held_out_better": sum(x > 1e-9 for x in d), "held_out_worse": sum(x < -1e-9 for x in d)}
 
 
-def _unit_hash(project: str, task: int) -> float:
-    digest = hashlib.blake2b(f"refseg-holdout:{project}:{task}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0 ** 64
-
-
 def held_out_tasks(project: str, tasks: list, fraction: float) -> set:
     """The tasks held out to compare the new version against the current one.
 
-    A task is held out when a hash of (project, task id) falls below `fraction`, so its side never changes as
-    the project grows: a version is never scored on tasks that it, or a version it descends from, trained on
-    (a shuffle of the whole list would move earlier training tasks into the held-out set and favour the current
-    version). At least one task is held out and one trained on."""
+    A task's side comes from a hash of (project, task id) (formats.datasets.splits.stable_splits), so it never
+    changes as the project grows: a version is never scored on tasks that it, or a version it descends from,
+    trained on (a shuffle of the whole list would move earlier training tasks into the held-out set and favour
+    the current version). At least one task is held out and one trained on."""
     if len(tasks) < 2:
         return set()
-    h = {t: _unit_hash(project, t) for t in tasks}
-    ranked = sorted(tasks, key=h.__getitem__)
-    test = {t for t in ranked if h[t] < fraction}
-    if not test:
-        test = {ranked[0]}
-    elif len(test) == len(tasks):
-        test.discard(ranked[-1])
-    return test
-
-
+    f = min(max(fraction, 1e-9), 1.0 - 1e-9)  # both sides non-empty, whatever the setting
+    sides = stable_splits(f"refseg-holdout:{project}", tasks, (f, 1.0 - f), names=("test", "train"))
+    return {t for t, side in sides.items() if side == "test"}

@@ -15,14 +15,13 @@ from typing import List, Optional
 
 from rq import get_current_job
 
-from backend import stats
-from backend.labelconfig import ProjectConfig
-from backend.predict import error_result
-from backend.queues import POSTED_GRACE_S, deliver, pending_key, posted_marker
-from refseg_model.imageio import ImageLoadError
+from formats.image_source import ImageLoadError
+from jobs import stats
+from jobs.handoff import POSTED_GRACE_S, deliver, pending_key, posted_marker
+from labelstudio.labelconfig import ProjectConfig
+from labelstudio.media import MediaError
+from labelstudio.predictions import error_result, prediction
 
-from .media import MediaError
-from .regions import prediction
 from .runtime import runtime
 
 log = logging.getLogger(__name__)

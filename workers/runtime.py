@@ -4,12 +4,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from backend.queues import rq_connection, state_connection
-from backend.settings import Settings
-from backend.versions import VersionStore
+from jobs.connections import rq_connection, state_connection
+from jobs.settings import Settings
+from jobs.versions import VersionStore
+from labelstudio.client import LabelStudioClient
+from labelstudio.media import MediaFetcher
 
-from .lsclient import LabelStudioClient
-from .media import MediaFetcher
 from .model_cache import ModelCache
 
 
@@ -31,4 +31,4 @@ def runtime() -> Runtime:
     ls = LabelStudioClient(s.label_studio_url, s.label_studio_api_key, s.verify_ssl)
     return Runtime(settings=s, rq_conn=rq_connection(s.redis_url), state=state,
                    versions=VersionStore(state, s.base_model), models=ModelCache(s.device, s.model_cache_size),
-                   ls=ls, media=MediaFetcher(s, ls))
+                   ls=ls, media=MediaFetcher(s.media_policy(), ls))

@@ -16,9 +16,10 @@ import threading
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from backend.queues import (QUEUES, WORKER_ALIVE_EVERY_S, get_queue, refresh_worker_alive, rq_connection,
-                            state_connection)
-from backend.settings import Settings
+from jobs.connections import rq_connection, state_connection
+from jobs.liveness import WORKER_ALIVE_EVERY_S, refresh_worker_alive
+from jobs.queues import QUEUES, get_queue
+from jobs.settings import Settings
 
 
 def main(argv=None) -> int:
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
 def _start_liveness(redis_url: str, name: str, log) -> threading.Thread:
     """Refresh this worker's liveness key from a daemon thread, also while a job runs (SimpleWorker runs jobs
     in this process and sends no heartbeat of its own during them). The key vanishes WORKER_ALIVE_TTL_S after
-    the process dies, however it dies; /predict then stops waiting for its job (backend.queues.worker_alive)."""
+    the process dies, however it dies; /predict then stops waiting for its job (jobs.liveness.worker_alive)."""
     state = state_connection(redis_url)
 
     def beat():

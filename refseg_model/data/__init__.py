@@ -1,1 +1,1 @@
-"""Data sets: the interchange layout, public RRSIS layouts, the synthetic scene generator."""
+"""Training data: geometry augmentation, the synthetic scene generator, and the per-rank training streams."""

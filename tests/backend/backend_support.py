@@ -145,7 +145,7 @@ def running_redis(directory):
 
 def add_annotated_project(fake_ls, project: int, first_id: int, n: int) -> None:
     """`n` labeled tasks in the fake Label Studio: synthetic images with one submitted brush annotation each."""
-    from backend.brush import brush_region
+    from labelstudio.brush import brush_region
 
     fake_ls.projects[project] = {"id": project, "title": f"p{project}", "label_config": CONFIG_TEXT}
     for k in range(n):

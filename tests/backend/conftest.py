@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from backend_support import free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for
 from fake_ls import TOKEN, FakeLabelStudio
 
@@ -126,7 +125,7 @@ class ThreadedApp:
         from werkzeug.serving import make_server
 
         from backend.app import create_app
-        from backend.settings import Settings
+        from jobs.settings import Settings
 
         settings = Settings.from_env({**env, **{k: str(v) for k, v in overrides.items()}})
         self.app = create_app(settings)

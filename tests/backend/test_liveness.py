@@ -1,4 +1,4 @@
-"""Worker liveness (backend/queues.py) against the real redis-server: a dead worker is noticed, a living one is
+"""Worker liveness (jobs/liveness.py) against the real redis-server: a dead worker is noticed, a living one is
 not declared dead in the seconds after a Redis outage wiped its key."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from backend.queues import refresh_worker_alive, worker_alive, worker_alive_key, worker_missing_key
+from jobs.liveness import refresh_worker_alive, worker_alive, worker_alive_key, worker_missing_key
 
 
 def test_a_missing_key_is_believed_only_after_the_grace_period(redis_url):

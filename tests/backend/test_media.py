@@ -1,20 +1,20 @@
-"""workers/media.py guards, in process (nothing here connects anywhere but 127.0.0.1)."""
+"""labelstudio/media.py guards, in process (nothing here connects anywhere but 127.0.0.1)."""
 from __future__ import annotations
 
 import base64
 
 import numpy as np
 import pytest
-
-from backend.settings import Settings
 from backend_support import png, scene
-from workers.lsclient import LabelStudioClient
-from workers.media import MediaError, MediaFetcher
+
+from jobs.settings import Settings
+from labelstudio.client import LabelStudioClient
+from labelstudio.media import MediaError, MediaFetcher
 
 
 def _fetcher(tmp_path, **env):
     s = Settings.from_env({"LOCAL_FILES_DOCUMENT_ROOT": str(tmp_path / "root"), **env})
-    return MediaFetcher(s, LabelStudioClient(s.label_studio_url, s.label_studio_api_key))
+    return MediaFetcher(s.media_policy(), LabelStudioClient(s.label_studio_url, s.label_studio_api_key))
 
 
 def test_local_files_with_traversal_protection(tmp_path):
@@ -73,7 +73,7 @@ def test_label_studio_host_gets_the_token_others_do_not(tmp_path, fake_ls):
 def test_personal_access_token_is_exchanged_and_refreshed(fake_ls):
     from fake_ls import PAT
 
-    from workers.lsclient import LabelStudioClient
+    from labelstudio.client import LabelStudioClient
 
     fake_ls.projects[31] = {"id": 31, "label_config": "<View/>"}
     client = LabelStudioClient(fake_ls.url, PAT)
@@ -92,7 +92,8 @@ def test_tiff_bands_and_stretch_per_project(tmp_path):
 
     import tifffile
 
-    from refseg_model.imageio import load_image, load_raster
+    from formats.images import load_image
+    from formats.raster import load_raster
 
     rng = np.random.default_rng(5)
     bands = rng.integers(0, 4000, (4, 40, 50), dtype=np.uint16)

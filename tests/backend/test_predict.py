@@ -5,9 +5,8 @@ import time
 
 import numpy as np
 import requests
-from label_studio_sdk.converter.brush import decode_rle
-
 from backend_support import CONFIG_POLYGON, CONFIG_TEXT, CONFIG_TEXTAREA, png, scene, wait_for
+from label_studio_sdk.converter.brush import decode_rle
 
 
 def _decode(region) -> np.ndarray:
@@ -89,6 +88,26 @@ def test_interactive_predict_with_textarea_context(gunicorn_url, fake_ls, local_
         np.testing.assert_array_equal(_decode(res["result"][0]), exp.mask)
     else:
         assert res["result"] == []
+
+
+def test_interactive_request_with_an_empty_prompt_suggests_nothing(gunicorn_url, fake_ls, redis_url):
+    """Label Studio sends one right after Submit: answering it with the batch suggestion offered a duplicate."""
+    from jobs.connections import rq_connection
+    from jobs.queues import BATCH, INTERACTIVE, get_queue
+
+    tasks, _ = _add_tasks(fake_ls, 3, 350, 1)
+    conn = rq_connection(redis_url)
+    started = {q: get_queue(conn, q).started_job_registry.count + get_queue(conn, q).finished_job_registry.count
+               for q in (BATCH, INTERACTIVE)}
+    body = {"tasks": tasks, "project": "3.1712345678", "label_config": CONFIG_TEXT,
+            "params": {"login": None, "password": None, "context": {"result": []}}}
+    r = requests.post(gunicorn_url + "/predict", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["results"] == [{"result": [], "score": 0.0, "model_version": "tiny-test"}]
+    for q in (BATCH, INTERACTIVE):  # no job was run for it
+        assert len(get_queue(conn, q)) == 0
+        assert get_queue(conn, q).started_job_registry.count + get_queue(conn, q).finished_job_registry.count \
+            == started[q]
 
 
 def test_polygon_output(gunicorn_url, fake_ls):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import requests
-
 from backend_support import CONFIG_TEXT, CONFIG_TEXTAREA
 
 
@@ -70,7 +69,7 @@ def test_metrics(gunicorn_url):
 
 
 def test_settings_hide_secrets():
-    from backend.settings import Settings
+    from jobs.settings import Settings
 
     s = Settings.from_env({"LABEL_STUDIO_API_KEY": "tok-123", "BASIC_AUTH_PASS": "pw-456", "BASIC_AUTH_USER": "u"})
     assert "tok-123" not in repr(s) and "pw-456" not in repr(s)
@@ -78,7 +77,7 @@ def test_settings_hide_secrets():
 
 
 def test_web_process_never_imports_torch():
-    code = ("import sys; from backend.app import create_app; from backend.settings import Settings; "
+    code = ("import sys; from backend.app import create_app; from jobs.settings import Settings; "
             "create_app(Settings()); import _wsgi; "
             "assert 'torch' not in sys.modules and 'refseg_model.predictor' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,9 +1,9 @@
-"""backend/training.py state machine against the real redis-server: one job per project, no trigger lost."""
+"""backend/finetune_state.py state machine against the real redis-server: one job per project, no trigger lost."""
 from __future__ import annotations
 
 import redis
 
-from backend import training
+from jobs import finetune_state
 
 
 def test_finetune_requests_are_deduplicated_and_never_dropped(redis_url):
@@ -15,39 +15,39 @@ def test_finetune_requests_are_deduplicated_and_never_dropped(redis_url):
         enqueued.append(job_id)
         alive.add(job_id)
 
-    req = lambda: training.request_finetune(state, project, enqueue, lambda j: j in alive)  # noqa: E731
-    assert req() == training.ENQUEUE and len(enqueued) == 1
-    assert req() == training.ALREADY_QUEUED and len(enqueued) == 1  # absorbed by the queued job
+    req = lambda: finetune_state.request_finetune(state, project, enqueue, lambda j: j in alive)  # noqa: E731
+    assert req() == finetune_state.ENQUEUE and len(enqueued) == 1
+    assert req() == finetune_state.ALREADY_QUEUED and len(enqueued) == 1  # absorbed by the queued job
 
     first = enqueued[0]
-    assert training.start_finetune(state, project, first, 60)
-    assert req() == training.RERUN_REQUESTED and len(enqueued) == 1
-    assert req() == training.RERUN_REQUESTED
-    successor = training.finish_finetune(state, project, first)
+    assert finetune_state.start_finetune(state, project, first, 60)
+    assert req() == finetune_state.RERUN_REQUESTED and len(enqueued) == 1
+    assert req() == finetune_state.RERUN_REQUESTED
+    successor = finetune_state.finish_finetune(state, project, first)
     assert successor is not None  # the trigger that arrived during the run
     enqueue(successor)
-    assert training.start_finetune(state, project, successor, 60)
-    assert training.finish_finetune(state, project, successor) is None
-    assert training.status(state, project) == {"queued": None, "running": None, "rerun_requested": False,
+    assert finetune_state.start_finetune(state, project, successor, 60)
+    assert finetune_state.finish_finetune(state, project, successor) is None
+    assert finetune_state.status(state, project) == {"queued": None, "running": None, "rerun_requested": False,
                                                "new_annotations": 0}
 
     # a marker left by a job RQ lost (crash between marker and enqueue, flushed queue) does not block forever
-    assert req() == training.ENQUEUE
+    assert req() == finetune_state.ENQUEUE
     alive.clear()
-    assert req() == training.ENQUEUE and len(enqueued) == 4
+    assert req() == finetune_state.ENQUEUE and len(enqueued) == 4
 
 
 def test_annotation_counter(redis_url):
     state = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert [training.count_annotation(state, "901", 3) for _ in range(7)] == [False, False, True] * 2 + [False]
-    assert not any(training.count_annotation(state, "902", 0) for _ in range(5))  # 0 = only START_TRAINING
+    assert [finetune_state.count_annotation(state, "901", 3) for _ in range(7)] == [False, False, True] * 2 + [False]
+    assert not any(finetune_state.count_annotation(state, "902", 0) for _ in range(5))  # 0 = only START_TRAINING
 
 
 def test_a_late_post_under_an_older_version_does_not_hold_the_task(redis_url):
     """After a promotion, a task whose late prediction was posted under the old version must be predicted again
     (otherwise "Retrieve predictions" would answer a placeholder and nothing would deliver the new version)."""
     from backend.predict import PredictService
-    from backend.queues import pending_key, posted_marker
+    from jobs.handoff import pending_key, posted_marker
 
     state = redis.Redis.from_url(redis_url, decode_responses=True)
     service = PredictService(settings=None, rq_conn=state, state=state, versions=None, metrics=None)

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import redis
 import requests
+from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
 from label_studio_sdk.converter.brush import decode_rle
 
-from backend import training
-from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
+from jobs import finetune_state
 
 
 def _annotation_event(action: str, project: int, ann_id: int = 1) -> dict:
@@ -27,7 +27,7 @@ def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, 
 
     t0 = time.monotonic()
     r = requests.post(gunicorn_url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}, timeout=5)
-    assert time.monotonic() - t0 < 1.0  # LS waits for webhooks with a 1 s timeout (benchmarks/backend.py times it)
+    assert time.monotonic() - t0 < 1.0  # LS waits for webhooks with a 1 s timeout (benchmarks/web_stack.py times it)
     assert r.status_code == 201 and r.json()["finetune"] == "enqueued"
 
     def promoted():
@@ -80,7 +80,7 @@ def test_annotation_webhooks_count_and_deduplicate(gunicorn_url, fake_ls, redis_
     assert set(again) <= {"already-queued", "rerun-requested"}
 
     def idle():
-        s = training.status(state, "8")
+        s = finetune_state.status(state, "8")
         return s if not s["queued"] and not s["running"] and not s["rerun_requested"] else None
 
     wait_for(idle, 120, "fine-tune jobs of project 8 to finish", 0.3)

@@ -23,9 +23,20 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from e2e_support import (E2E_HELP, INTERACTIVE_TIMEOUT_S, LS_VERSION, ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, ROOT,
-                         TOKEN, free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for)
+from e2e_support import (
+    E2E_HELP,
+    INTERACTIVE_TIMEOUT_S,
+    LS_VERSION,
+    ML_TIMEOUT_PREDICT,
+    PREDICT_BUDGET_S,
+    ROOT,
+    TOKEN,
+    free_port,
+    running_redis,
+    save_sharpened_tiny,
+    stop_processes,
+    wait_for,
+)
 
 PY = sys.executable
 

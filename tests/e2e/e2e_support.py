@@ -15,6 +15,5 @@ E2E_HELP = "end-to-end test against a real Label Studio: run `bash scripts/e2e.s
 
 # the backend tests' helpers (tests/backend is not a package: its modules are imported top-level)
 sys.path.insert(0, str(ROOT / "tests" / "backend"))
-from backend_support import (free_port, running_redis, save_sharpened_tiny, stop_processes,  # noqa: E402,F401
-                             wait_for)
+from backend_support import free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for  # noqa: E402,F401
 

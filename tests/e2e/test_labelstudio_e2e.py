@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_support import ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, wait_for
 from label_studio_sdk.converter.brush import decode_rle
 
-from backend.brush import brush_region
-from e2e_support import ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, wait_for
+from labelstudio.brush import brush_region
 
 pytestmark = pytest.mark.e2e
 
@@ -49,10 +49,10 @@ def _decode(region: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def data(e2e_root, docroot):
     """Synthetic 128 px scenes (3 expressions each) in the local-files storage folder docroot/ds."""
-    from refseg_model.data.interchange import read_interchange
-    from refseg_model.data.public import load_sample_mask
+    from formats.datasets.interchange import read_interchange
+    from formats.datasets.sample_mask import load_sample_mask
+    from formats.images import load_image
     from refseg_model.data.synth import write_dataset
-    from refseg_model.imageio import load_image
 
     synth = e2e_root / "synth"
     write_dataset(synth, n_images=(N_SMALL + N_BIG + 2) // 3, size=128, seed=5, expressions_per_image=3,
@@ -300,9 +300,10 @@ def test_annotations_and_train_give_a_new_version_carried_by_later_predictions(l
 
 
 def test_export_gives_back_the_submitted_masks_and_expressions(label_studio, docroot, tmp_path, capsys):
-    from refseg_model.cli import main as refseg
-    from refseg_model.data.interchange import read_interchange
-    from refseg_model.data.public import load_sample_mask, read_rrsisd
+    from cli.main import main as refseg
+    from formats.datasets.interchange import read_interchange
+    from formats.datasets.rrsisd import read_rrsisd
+    from formats.datasets.sample_mask import load_sample_mask
 
     ls, A, submitted = label_studio, S["A"], S["submitted"]
     token = ls.session.headers["Authorization"].split()[1]

@@ -3,7 +3,6 @@ gunicorn) for the bad-input tests; the destructive fault tests build their own (
 from __future__ import annotations
 
 import pytest
-
 from rel_stack import Stack  # also puts tests/backend's helpers on sys.path
 
 

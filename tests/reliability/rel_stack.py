@@ -90,9 +90,8 @@ class Stack:
         return proc
 
     def wait_workers(self, names, timeout: float = 120) -> None:
-        from rq import Worker
-
         import redis
+        from rq import Worker
 
         conn = redis.Redis.from_url(self.redis_url)
 

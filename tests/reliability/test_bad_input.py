@@ -10,12 +10,10 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-import pytest
 import requests
-from PIL import Image
-
 from backend_support import CONFIG_TEXT, CONFIG_TEXTAREA, png, scene
 from fake_ls import TOKEN
+from PIL import Image
 from rel_stack import AUTH, BlackHole
 
 PROJECT = "21.1712345678"

@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-
-from backend.versions import VersionStore
 from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
 from rel_stack import Stack
+
+from jobs.versions import VersionStore
 
 BUDGET_S = 6.0
 

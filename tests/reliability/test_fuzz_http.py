@@ -3,10 +3,9 @@
 identity, equality with label_studio_sdk's mask2rle, garbage streams) are in tests/test_brush.py."""
 from __future__ import annotations
 
+from backend_support import CONFIG_TEXT, CONFIG_TEXTAREA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from backend_support import CONFIG_TEXT, CONFIG_TEXTAREA
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False, allow_infinity=False),
                     st.text(max_size=20))

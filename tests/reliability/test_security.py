@@ -6,7 +6,6 @@ import time
 
 import redis
 from rq import Queue
-
 from test_bad_input import _assert_alive
 
 
@@ -37,7 +36,8 @@ def test_workers_never_unpickle_jobs_from_redis(stack, rel_ls, tmp_path):
 def test_basic_auth_is_required_and_compared_in_full(stack):
     import requests
 
-    for path, method in (("/predict", "post"), ("/setup", "post"), ("/webhook", "post"), ("/metrics", "get")):
+    for path, method in (("/predict", "post"), ("/setup", "post"), ("/webhook", "post"), ("/metrics", "get"),
+                         ("/status", "get"), ("/status.json", "get")):
         r = getattr(requests, method)(stack.url + path, json={}, timeout=10)
         assert r.status_code == 401, (path, r.status_code)
         user, password = stack.session.auth

@@ -1,0 +1,58 @@
+"""Every Redis key the service uses, in one place (all start with `refseg:`).
+
+    refseg:handoff:<job>                   a batch job's results, or "late" (see jobs.handoff)
+    refseg:done:<request>                  list of job ids whose results wait for that /predict request
+    refseg:pending:<project>:<task>        a task handed over for late delivery: job id, then "posted:<version>"
+    refseg:worker:<name>:alive             a worker's liveness key (see jobs.liveness)
+    refseg:worker:<name>:missing_since     when a backend process first saw that key missing (server clock)
+    refseg:project:<id>:new_annotations    annotations since the last fine-tune trigger (jobs.finetune_state)
+    refseg:project:<id>:train:queued       the project's queued fine-tune job
+    refseg:project:<id>:train:running      the project's running fine-tune job
+    refseg:project:<id>:train:rerun        a trigger arrived while a job was running
+    refseg:project:<id>:ft_counter         fine-tune runs so far (names the next version)
+    refseg:project:<id>:model              the serving version (jobs.versions)
+    refseg:project:<id>:history            promoted versions, newest first
+    refseg:projects                        projects that have a lineage
+    refseg:stats:jobs:<kind>               job latency histogram (jobs.stats)
+    refseg:stats:counters                  named counters
+    refseg:stats:finetune:<project>        the last fine-tune's numbers, and the running one's progress
+    refseg:stats:finetune_runs:<project>   the project's last fine-tune outcomes, newest first (bounded list)
+"""
+from __future__ import annotations
+
+PREFIX = "refseg:"
+PROJECTS = "refseg:projects"
+STATS_JOBS_PREFIX = "refseg:stats:jobs:"
+STATS_COUNTERS = "refseg:stats:counters"
+STATS_FINETUNE_PREFIX = "refseg:stats:finetune:"
+STATS_FINETUNE_RUNS_PREFIX = "refseg:stats:finetune_runs:"
+
+
+def handoff(job_id: str) -> str:
+    return f"refseg:handoff:{job_id}"
+
+
+def done(request_id: str) -> str:
+    return f"refseg:done:{request_id}"
+
+
+def pending(project: str, task_id) -> str:
+    return f"refseg:pending:{project}:{task_id}"
+
+
+def finetune_runs(project_id: str) -> str:
+    return f"{STATS_FINETUNE_RUNS_PREFIX}{project_id}"
+
+
+def worker_alive(name: str) -> str:
+    return f"refseg:worker:{name}:alive"
+
+
+def worker_missing(name: str) -> str:
+    return f"refseg:worker:{name}:missing_since"
+
+
+def project(project_id: str, what: str) -> str:
+    """`refseg:project:<id>:<what>`: new_annotations, train:queued, train:running, train:rerun, ft_counter,
+    model, history."""
+    return f"refseg:project:{project_id}:{what}"
