@@ -10,6 +10,9 @@ train, eval, predict, export, presets.
     refseg export --data SRC --to rrsis-d|refsegrs|risbench|interchange OUT [--split train]
                   SRC also ls-json:FILE (Label Studio JSON export; --images-root DIR and/or --ls-url/--ls-token)
                   or ls:PROJECT_ID (Label Studio API; --ls-url/--ls-token or LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY)
+    refseg export --data ls:PROJECT|ls-json:FILE --to scene OUT     (chips of `refseg tasks` -> GeoTIFF masks)
+    refseg tasks SCENE.tif --expressions FILE|--expression TEXT --out DIR [--chip 1024] [--overlap 128]
+                 [--local-files-root DIR | --image-url-prefix URL] [--bands 4,3,2] [--predict --checkpoint CKPT]
 """
 from __future__ import annotations
 
@@ -188,6 +191,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.to == "scene":
+        return _export_scene(args)
     if args.data.startswith(("ls-json:", "ls:")):
         return _export_label_studio(args)
     from formats.datasets.layouts import load_samples, write_samples
@@ -223,6 +228,38 @@ def _export_label_studio(args) -> int:
     if not report.samples:
         print(f"error: no exportable annotated task in {args.data}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _export_scene(args) -> int:
+    from labelstudio.stitch import export_scene, summary
+
+    report = export_scene(args.data, args.out, label_config=args.label_config, ls_url=args.ls_url,
+                          ls_token=args.ls_token)
+    print(json.dumps(summary(report)))
+    gaps = report["chips_unannotated"] + report["chips_invalid"] + report["windows_without_task"]
+    if gaps:
+        print(f"warning: {gaps} chip window(s) without a usable annotation (not counted as background): see "
+              f"{Path(args.out) / 'report.json'} and the *.unannotated.geojson footprints", file=sys.stderr)
+    if not report["groups"]:
+        print(f"error: no annotated scene chip in {args.data}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from labelstudio.scene_tasks import image_url_for, load_label_config, read_expressions, write_scene_tasks
+
+    expressions = read_expressions(args.expressions, args.expression or [])
+    url, cfg = image_url_for(args.image_url_prefix, args.local_files_root), load_label_config(args.label_config)
+    predict, version = None, ""
+    if args.predict:
+        from refseg_model.scene_predict import chip_predictor
+
+        predict, version = chip_predictor(args.checkpoint, args.device, args.threads)
+    print(json.dumps(write_scene_tasks(args.scenes, args.out, expressions, image_url=url, chip=args.chip,
+                                       overlap=args.overlap, bands=args.bands, stretch=args.stretch,
+                                       scene_id=args.scene_id, cfg=cfg, predict=predict, model_version=version)))
     return 0
 
 
@@ -325,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a data set in another layout (RRSIS-D, RefSegRS, RISBench, interchange)")
     x.add_argument("--data", required=True,
                    help="DIR | rrsis-d:PATH | refsegrs:PATH | risbench:PATH | ls-json:FILE | ls:PROJECT_ID")
-    x.add_argument("--to", required=True, choices=["rrsis-d", "refsegrs", "risbench", "interchange"])
+    x.add_argument("--to", required=True, choices=["rrsis-d", "refsegrs", "risbench", "interchange", "scene"],
+                   help="a data-set layout, or scene: chips of `refseg tasks` stitched into GeoTIFF masks")
     x.add_argument("out", help="output folder")
     x.add_argument("--split", default=None, choices=["train", "val", "test"], help="only this split (default all)")
     x.add_argument("--images-root", default=None,
@@ -338,6 +376,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Label Studio sources: train,val,test fractions assigned per task (default all train)")
     x.set_defaults(func=cmd_export)
 
+    k = sub.add_parser("tasks", help="cut (Geo)TIFF scenes into chips + a Label Studio import file, one task per "
+                                     "(chip, expression), each with its georeference")
+    k.add_argument("scenes", nargs="+", metavar="SCENE", help="(Geo)TIFF/COG scene(s)")
+    k.add_argument("--out", required=True, help="folder for the chips (OUT/<scene id>/) and OUT/tasks.json")
+    k.add_argument("--expressions", default=None, help="file with one referring expression per line")
+    k.add_argument("--expression", action="append", help="a referring expression (repeatable)")
+    k.add_argument("--chip", type=int, default=1024, help="chip side in px (default 1024)")
+    k.add_argument("--overlap", type=int, default=128, help="px shared by neighbouring chips (default 128)")
+    k.add_argument("--local-files-root", default=None,
+                   help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default from the environment); OUT inside it")
+    k.add_argument("--image-url-prefix", default=None, help="or: chips served at PREFIX/<path relative to OUT>")
+    k.add_argument("--bands", default=None, help="as refseg predict: 1-based bands for R,G,B, e.g. 4,3,2")
+    k.add_argument("--stretch", default="auto", help="as refseg predict: auto | none | minmax | LOW,HIGH")
+    k.add_argument("--scene-id", default=None, help="the scene's id in task data (default: the file name stem)")
+    k.add_argument("--label-config", default=None, help="the project's label config (XML file or text): data "
+                                                        "keys and pre-annotation names (default: the README's)")
+    k.add_argument("--predict", action="store_true", help="add the model's masks as pre-annotations")
+    k.add_argument("--checkpoint", default="demo", help="with --predict: demo | preset:NAME | checkpoint dir")
+    k.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    k.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    k.set_defaults(func=cmd_tasks)
+
     sub.add_parser("presets", help="list model presets").set_defaults(func=cmd_presets)
     return p
 
@@ -346,7 +406,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError) as exc:  # FileNotFoundError, PermissionError, bad values
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

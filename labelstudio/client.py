@@ -96,8 +96,8 @@ class LabelStudioClient:
     def project(self, project: str) -> dict:
         return self._json("GET", f"/api/projects/{project}")
 
-    def labeled_tasks(self, project: str, page_size: int = 100) -> Iterator[dict]:
-        """Tasks of `project` that have annotations, each with its `annotations` list."""
+    def labeled_tasks(self, project: str, page_size: int = 100, labeled_only: bool = True) -> Iterator[dict]:
+        """Tasks of `project` that have annotations (all tasks if not `labeled_only`), each with `annotations`."""
         page = 1
         while True:
             r = self.request("GET", "/api/tasks", params={"project": project, "page": page, "page_size": page_size,
@@ -109,7 +109,8 @@ class LabelStudioClient:
             body = r.json()
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
             for task in tasks:
-                if not (task.get("total_annotations") or task.get("is_labeled") or task.get("annotations")):
+                labeled = task.get("total_annotations") or task.get("is_labeled") or task.get("annotations")
+                if labeled_only and not labeled:
                     continue
                 if "annotations" not in task or not isinstance(task["annotations"], list):
                     task["annotations"] = self._json("GET", f"/api/tasks/{task['id']}/annotations/")
