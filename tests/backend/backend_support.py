@@ -61,6 +61,23 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
 
 
 
+def wait_for_health(url: str, proc, log_path, what: str, timeout: float = 60, interval: float = 0.2) -> None:
+    """Wait until `url`/health answers 200; fail at once, with the log's tail, if `proc` exits first."""
+    from pathlib import Path
+
+    import requests
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited ({proc.returncode}): {Path(log_path).read_text()[-4000:]}")
+        try:
+            return requests.get(url + "/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(up, timeout, what, interval)
+
+
 def save_sharpened_tiny(path, version: str) -> str:
     """The `tiny` preset with fixed weights, saved as a checkpoint (what the workers load). Random weights give
     near-constant masks: the last decoder layer is sharpened so that masks and scores vary with the input."""

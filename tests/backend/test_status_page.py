@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 import requests
-from backend_support import add_annotated_project, free_port, stop_processes, wait_for
+from backend_support import add_annotated_project, free_port, stop_processes, wait_for, wait_for_health
 
 from jobs import stats
 
@@ -52,15 +52,7 @@ class StatusStack:
         self.procs.append((proc, fh))
         self.procs.append(self._worker("interactive,batch", {}, "worker-infer.log"))
 
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {(tmp / 'gunicorn.log').read_text()}")
-            try:
-                return requests.get(self.url + "/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, 60, "gunicorn", 0.2)
+        wait_for_health(self.url, proc, tmp / "gunicorn.log", "gunicorn")
 
     def _worker(self, queues: str, extra: dict, log: str):
         fh = open(self.tmp / log, "a")

@@ -19,7 +19,7 @@ BACKEND_TESTS = ROOT / "tests" / "backend"
 if str(BACKEND_TESTS) not in sys.path:  # tests/backend is not a package: its helpers are top-level modules
     sys.path.insert(0, str(BACKEND_TESTS))
 
-from backend_support import free_port, start_redis, wait_for  # noqa: E402
+from backend_support import free_port, start_redis, wait_for, wait_for_health  # noqa: E402
 from fake_ls import TOKEN  # noqa: E402
 
 PY = sys.executable
@@ -122,15 +122,7 @@ class Stack:
                                     env=self.env, stdout=self.web_log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
 
-        def up():
-            if self.web.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {self.web_log_path.read_text()[-3000:]}")
-            try:
-                return requests.get(self.url + "/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, 60, "gunicorn", 0.2)
+        wait_for_health(self.url, self.web, self.web_log_path, "gunicorn")
 
     def post(self, path: str, timeout: float = 60, **kw) -> requests.Response:
         return self.session.post(self.url + path, timeout=timeout, **kw)
