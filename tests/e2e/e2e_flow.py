@@ -56,6 +56,14 @@ def connect(ls, pid: int, backend_url: str) -> dict:
     return ml
 
 
+def created_stamp(ls, pid: int) -> int:
+    """The project's creation time in whole unix seconds: what Label Studio sends as "<id>.<created>"."""
+    from datetime import datetime, timezone
+
+    created = datetime.fromisoformat(ls.get(f"/api/projects/{pid}")["created_at"].replace("Z", "+00:00"))
+    return int((created if created.tzinfo else created.replace(tzinfo=timezone.utc)).timestamp())
+
+
 def predictions(ls, pid: int) -> list:
     return ls.get("/api/predictions", params={"project": pid})
 

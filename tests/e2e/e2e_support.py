@@ -276,18 +276,49 @@ def prediction_queues_idle(redis_url: str) -> bool:
                for q in ("interactive", "batch"))
 
 
+def prediction_queue_counts(redis_url: str) -> dict:
+    import redis
+    from rq import Queue
+    from rq.registry import StartedJobRegistry
+
+    conn = redis.Redis.from_url(redis_url)
+    return {q: {"queued": Queue(q, connection=conn).count, "started": StartedJobRegistry(q, connection=conn).count}
+            for q in ("interactive", "batch")}
+
+
 def wait_settled(redis_url: str, check, timeout: float, what: str):
     """Wait until the prediction queues are idle (nothing more can arrive) AND `check()` is truthy; returns that
     value. Replaces "sleep and hope nothing else comes": once the queues are idle, nothing else does."""
-    return wait_for(lambda: prediction_queues_idle(redis_url) and check(), timeout, what, 0.3)
+    last = {}
+
+    def settled():
+        last["idle"] = prediction_queues_idle(redis_url)
+        last["check"] = check()
+        return last["idle"] and last["check"]
+
+    try:
+        return wait_for(settled, timeout, what, 0.3)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (condition met: {bool(last.get('check'))}; prediction queues: "
+                             f"{prediction_queue_counts(redis_url)})") from None
 
 
-def checkpoint_dir(model_dir: Path, project_id, version: str) -> Path:
-    """Where the backend saved `version` of LS project `project_id`: MODEL_DIR/<project key>/<version>, the key
-    being the bare id or one that starts with "<id>-" (a key that also names the project's creation and the
-    Label Studio instance)."""
+def is_project_key(key: str, project_id, created=None) -> bool:
+    """Whether `key` (a directory under MODEL_DIR, a project id in /status.json) names LS project `project_id`:
+    the bare id, or a key "<id>-<created>-..." that also names the project's creation stamp (unix seconds, as
+    Label Studio sends it in "<id>.<created>") and the Label Studio instance. With `created` given, a key of
+    the second kind must carry that stamp (two Label Studios' project 1 then never match each other)."""
+    key = str(key)
+    if key == str(project_id):
+        return True
+    parts = key.split("-")
+    return len(parts) >= 2 and parts[0] == str(project_id) and (created is None or parts[1] == str(created))
+
+
+def checkpoint_dir(model_dir: Path, project_id, version: str, created=None) -> Path:
+    """Where the backend saved `version` of LS project `project_id`: MODEL_DIR/<project key>/<version>."""
     found = [p for p in Path(model_dir).glob(f"*/{version}")
-             if p.is_dir() and (p.parent.name == str(project_id) or p.parent.name.startswith(f"{project_id}-"))]
+             if p.is_dir() and is_project_key(p.parent.name, project_id, created)]
     assert len(found) == 1, f"checkpoint of {version} for project {project_id} under {model_dir}: {found}"
     return found[0]
 
@@ -298,9 +329,11 @@ def backend_status(backend_url: str) -> dict:
     return r.json()
 
 
-def lineage_of(backend_url: str, version: str) -> list:
-    """The lineage (oldest first) of the project that serves `version`, from the backend's /status.json."""
-    projects = [p for p in backend_status(backend_url)["projects"] if p["serving"]["version"] == version]
+def lineage_of(backend_url: str, version: str, project_id=None, created=None) -> list:
+    """The lineage (oldest first) of the project that serves `version` (and is LS project `project_id`, created
+    at `created`, when given), from the backend's /status.json."""
+    projects = [p for p in backend_status(backend_url)["projects"] if p["serving"]["version"] == version
+                and (project_id is None or is_project_key(p["id"], project_id, created))]
     assert len(projects) == 1, f"{len(projects)} projects serve {version}: {[p['id'] for p in projects]}"
     return projects[0]["lineage"]
 

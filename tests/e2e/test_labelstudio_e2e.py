@@ -24,6 +24,7 @@ from e2e_flow import (
     check_prediction as _check_prediction,
     connect as _connect,
     create_project,
+    created_stamp,
     decode as _decode,
     expected as _expected,
     metric as _metric,
@@ -205,7 +206,7 @@ def test_annotations_and_train_give_a_new_version_carried_by_later_predictions(l
 
     by_task = wait_settled(redis_url, all_new, 120, f"predictions of {new} for every task, prediction queues idle")
     torch.set_num_threads(1)
-    ckpt = checkpoint_dir(e2e_root / "models", A["id"], new)
+    ckpt = checkpoint_dir(e2e_root / "models", A["id"], new, created_stamp(ls, A["id"]))
     model = RefSegPredictor.from_spec(str(ckpt), device="cpu")
     for tid, sample in A["tasks"].items():
         versions = sorted(p["model_version"] for p in by_task[tid])

@@ -26,6 +26,7 @@ from e2e_flow import (
     check_prediction,
     connect,
     create_project,
+    created_stamp,
     expected,
     ml_version,
     predictions,
@@ -130,7 +131,7 @@ def test_annotation_webhooks_trigger_training_by_count(pat_ls, pat_backend, pat_
     assert _train_jobs(pat_redis) >= 1, f"no fine-tune queued by the {TRAIN_EVERY_N}th annotation's webhook"
     new = _new_version(ls, C["id"], base, pat_backend)
     assert new.startswith(base)
-    lineage = lineage_of(pat_backend.url, new)
+    lineage = lineage_of(pat_backend.url, new, C["id"], created_stamp(ls, C["id"]))
     assert [e["version"] for e in lineage] == [base, new] and lineage[-1]["samples"] == TRAIN_EVERY_N
     # the new version serves the project's predictions
     retrieve(ls, C["id"])
@@ -141,7 +142,8 @@ def test_annotation_webhooks_trigger_training_by_count(pat_ls, pat_backend, pat_
 
     got = wait_settled(pat_redis, all_new, 120, f"predictions of {new}, prediction queues idle")
     torch.set_num_threads(1)
-    model = RefSegPredictor.from_spec(str(checkpoint_dir(e2e_root / "models-pat", C["id"], new)), device="cpu")
+    model = RefSegPredictor.from_spec(str(checkpoint_dir(e2e_root / "models-pat", C["id"], new,
+                                                     created_stamp(ls, C["id"]))), device="cpu")
     for tid, sample in list(C["tasks"].items())[:2]:
         [pred] = [p for p in got[tid] if p["model_version"] == new]
         check_prediction(pred, sample, expected(model, sample), new)
@@ -178,7 +180,8 @@ def test_training_and_export_page_through_more_than_100_tasks_with_a_pat(pat_ls,
     base = ml_version(ls, pid)
     ls.post(f"/api/ml/{ml['id']}/train", json={})
     new = _new_version(ls, pid, base, pat_backend)
-    [entry] = [e for e in lineage_of(pat_backend.url, new) if e["version"] == new]
+    [entry] = [e for e in lineage_of(pat_backend.url, new, pid, created_stamp(ls, pid))
+               if e["version"] == new]
     assert entry["samples"] == N_PAGED_ANNOTATED, f"the fine-tune read {entry['samples']} annotated tasks"
 
     out = tmp_path / "export"

@@ -24,6 +24,7 @@ from e2e_flow import (
     check_prediction,
     connect,
     create_project,
+    created_stamp,
     delete_predictions,
     expected,
     ml_version,
@@ -97,7 +98,8 @@ def _flow(life: int, ls, backend: Backend, redis_url: str, samples, base: str, m
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{backend.logs()}") from None
     trained = time.monotonic() - t0
-    lineage = [e["version"] for e in lineage_of(backend.url, new)]
+    stamp = created_stamp(ls, A["id"])
+    lineage = [e["version"] for e in lineage_of(backend.url, new, A["id"], stamp)]
     assert lineage == [base, new], f"life {life}: lineage of {new} is {lineage}"
 
     # re-predict: every task gets the new version's prediction
@@ -109,7 +111,7 @@ def _flow(life: int, ls, backend: Backend, redis_url: str, samples, base: str, m
 
     got = wait_settled(redis_url, all_new, wait_s, f"life {life}: predictions of {new} for every task")
     torch.set_num_threads(1)
-    model = RefSegPredictor.from_spec(str(checkpoint_dir(model_dir, A["id"], new)), device="cpu")
+    model = RefSegPredictor.from_spec(str(checkpoint_dir(model_dir, A["id"], new, stamp)), device="cpu")
     for tid, sample in A["tasks"].items():
         assert sorted(p["model_version"] for p in got[tid]) == sorted([base, new]), (life, tid)
         [pred] = [p for p in got[tid] if p["model_version"] == new]
