@@ -4,12 +4,15 @@
 2. "Retrieve predictions" -> exactly one brush prediction per task with our model version, decoding (SDK) to
    the mask the model gives in this process for that task;
 3. a batch that outlasts LS's /predict timeout still ends with one prediction per task (late results are
-   POSTed to /api/predictions by the workers), and retrieving again stores nothing twice;
+   POSTed to /api/predictions by the workers), and retrieving again stores nothing twice; some of its images
+   come from a server that holds them until the retrieve call has returned, so results arrive late whatever
+   the machine's speed;
 4. an interactive request with a typed expression returns the mask;
 5. submitted annotations + POST /api/ml/{id}/train -> a new model version; predictions retrieved afterwards
    carry it;
 6. `refseg export` (ls:PROJECT and LS's own JSON export) gives back the submitted masks and expressions.
-The tests run in file order and share state (one LS, one backend); a failed step fails the later ones.
+The tests run in file order and share state (one LS, one backend); a failed step fails the later ones. No fixed
+sleeps: "nothing else arrives" is checked once the prediction queues are idle (e2e_support.wait_settled).
 """
 from __future__ import annotations
 
