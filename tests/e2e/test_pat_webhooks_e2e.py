@@ -128,7 +128,8 @@ def test_annotation_webhooks_trigger_training_by_count(pat_ls, pat_backend, pat_
     assert ml_version(ls, C["id"]) == base
     tid, sample = annotated[-1]
     ls.post(f"/api/tasks/{tid}/annotations", json=brush_annotation(sample["mask"]))
-    assert _train_jobs(pat_redis) >= 1, f"no fine-tune queued by the {TRAIN_EVERY_N}th annotation's webhook"
+    wait_for(lambda: _train_jobs(pat_redis) >= 1, 30, f"a fine-tune queued by the {TRAIN_EVERY_N}th annotation's "
+             "webhook", 0.2)
     new = _new_version(ls, C["id"], base, pat_backend)
     assert new.startswith(base)
     lineage = lineage_of(pat_backend.url, new, C["id"], created_stamp(ls, C["id"]))
