@@ -14,7 +14,7 @@ PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"
 
 class FakeLabelStudio:
     def __init__(self) -> None:
-        self.projects = {}  # id -> {"id", "label_config"}
+        self.projects = {}  # id -> {"id", "label_config", "created_at"}
         self.tasks = {}  # id -> task dict (with "annotations")
         self.files = {}  # path (e.g. "/data/upload/1/a.png") -> bytes
         self.file_delay_s = 0.0  # a slow media server: makes "jobs still running" deterministic in tests
@@ -96,6 +96,11 @@ class FakeLabelStudio:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def add_project(self, project: int, label_config: str, created_at: str) -> None:
+        """A project as GET /api/projects/<id> shows it (`created_at`: ISO 8601, as Label Studio sends it)."""
+        self.projects[project] = {"id": project, "title": f"p{project}", "label_config": label_config,
+                                  "created_at": created_at}
 
     def close(self) -> None:
         self.server.shutdown()
