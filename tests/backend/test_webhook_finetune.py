@@ -96,3 +96,68 @@ def test_annotation_webhooks_count_and_deduplicate(gunicorn_url, fake_ls, redis_
     assert post(cancelled).json()["status"] == "ignored"
     assert requests.post(gunicorn_url + "/webhook", data=b"not json", timeout=5).status_code == 400
     assert post({"action": "START_TRAINING"}).status_code == 400
+
+
+def _promoted_version(url: str, project: str, before: str, timeout: float = 240) -> str:
+    def promoted():
+        v = requests.post(url + "/setup", json={"project": project, "schema": CONFIG_TEXT}, timeout=5).json()[
+            "model_version"]
+        return v if v != before else None
+
+    return wait_for(promoted, timeout, f"a version after {before}", 0.5)
+
+
+def test_a_second_finetune_trains_from_the_first_ones_checkpoint(gunicorn_url, fake_ls, redis_url):
+    import json
+    from pathlib import Path
+
+    project = add_annotated_project(fake_ls, 97, 9700, 4)
+    key = project_key(97, fake_ls.url)
+    train = {"action": "START_TRAINING", "project": project_obj(97)}
+    assert requests.post(gunicorn_url + "/webhook", json=train, timeout=5).json()["finetune"] == "enqueued"
+    first = _promoted_version(gunicorn_url, project, "tiny-test")
+    assert requests.post(gunicorn_url + "/webhook", json=train, timeout=5).json()["finetune"] == "enqueued"
+    second = _promoted_version(gunicorn_url, project, first)
+    assert (first, second) == ("tiny-test-p97-ft1", "tiny-test-p97-ft2")
+
+    # lineage in Redis: ft2's parent is ft1, whose parent is the base model
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    history = [json.loads(x) for x in state.lrange(f"refseg:project:{key}:history", 0, -1)]
+    assert [(h["version"], h["parent"]) for h in history] == [(second, first), (first, "tiny-test")]
+    assert state.hget(f"refseg:project:{key}:model", "parent") == first
+    # and on disk: both checkpoints under MODEL_DIR/<key>/, ft2 trained from ft1's weights
+    ckpt1, ckpt2 = Path(history[1]["checkpoint"]), Path(history[0]["checkpoint"])
+    assert ckpt1.parent == ckpt2.parent and ckpt1.parent.name == key and ckpt1.is_dir() and ckpt2.is_dir()
+    meta2 = json.loads((ckpt2 / "config.json").read_text())["metadata"]
+    assert meta2["base"] == first and Path(meta2["train"]["init"]) == ckpt1
+    meta1 = json.loads((ckpt1 / "config.json").read_text())["metadata"]
+    assert meta1["base"] == "tiny-test"
+
+
+def test_a_trigger_that_meets_an_undecided_job_is_rechecked_and_trains(gunicorn_url, fake_ls, redis_url):
+    """The project's `running` marker names a started fine-tune whose worker nobody has heard from (its
+    liveness key missing: a crash, or a worker that has not refreshed since a Redis restart). For the first 8 s
+    its liveness is undecided: the trigger is not dropped but re-checked by a job, which trains once the job is
+    judged dead."""
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from labelstudio.identity import ProjectRef
+
+    project = add_annotated_project(fake_ls, 98, 9800, 4)
+    key = project_key(98, fake_ls.url)
+    rq_conn = redis.Redis.from_url(redis_url)
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    ghost = Job.create("workers.jobs.finetune_project", kwargs={"project": ProjectRef.from_key(key).to_dict()},
+                       connection=rq_conn, serializer=JSONSerializer, id=f"finetune-{key}-ghost")
+    ghost.worker_name = "ghost-worker-98"  # never refreshed a liveness key
+    ghost.save()
+    ghost.set_status(JobStatus.STARTED)
+    state.set(f"refseg:project:{key}:train:running", ghost.id, ex=600)
+
+    train = {"action": "START_TRAINING", "project": project_obj(98)}
+    r = requests.post(gunicorn_url + "/webhook", json=train, timeout=5)
+    assert r.status_code == 201 and r.json()["finetune"] == "recheck-scheduled", r.text
+    version = _promoted_version(gunicorn_url, project, "tiny-test")
+    assert version == "tiny-test-p98-ft1"
+    assert state.get(f"refseg:project:{key}:train:running") is None
