@@ -79,6 +79,12 @@ class Stack:
 
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
+    def rq(self):
+        """A connection as RQ wants it (bytes)."""
+        import redis
+
+        return redis.Redis.from_url(self.redis_url)
+
     # ---------------------------------------------------------------------------------------------- workers
     def start_worker(self, name: str, queues: str) -> subprocess.Popen:
         log_path = self.root / f"worker-{name}.log"
@@ -104,6 +110,13 @@ class Stack:
             return all(f"rel-{n}-{self.redis_port}" in alive for n in names)
 
         wait_for(registered, timeout, f"workers {names}", 0.3)
+
+    def stop_worker(self, name: str) -> None:
+        """SIGTERM: RQ's warm shutdown (the current job, if any, finishes first)."""
+        proc, fh, _ = self.workers[name]
+        proc.terminate()
+        proc.wait(60)
+        fh.close()
 
     def kill_worker(self, name: str) -> None:
         proc, fh, _ = self.workers[name]
