@@ -72,12 +72,12 @@ def _serve_from_web_venv(web_venv, redis_url: str, tmp_path: Path) -> None:
         assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-3000:]
         health = requests.get(f"{url}/health", timeout=5).json()
         assert health["status"] == "UP" and health["base_model_version"] == "demo-v1"
-        setup = requests.post(f"{url}/setup", json={"project": "3", "schema": CONFIG_TEXT}, timeout=5)
+        setup = requests.post(f"{url}/setup", json={"project": "3.1712345678", "schema": CONFIG_TEXT}, timeout=5)
         assert setup.status_code == 200 and setup.json()["model_version"] == "demo-v1"
         queue = get_queue(rq_connection(redis_url), BATCH)
         before = set(queue.job_ids)
         task = {"id": 31, "data": {"image": "http://127.0.0.1:9/x.png", "expression": "the pond"}}
-        r = requests.post(f"{url}/predict", json={"project": "3", "label_config": CONFIG_TEXT, "tasks": [task]},
+        r = requests.post(f"{url}/predict", json={"project": "3.1712345678", "label_config": CONFIG_TEXT, "tasks": [task]},
                           timeout=30)
         assert r.status_code == 200 and len(r.json()["results"]) == 1
         new = [queue.fetch_job(j) for j in set(queue.job_ids) - before]

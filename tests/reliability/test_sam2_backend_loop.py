@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
+from backend_support import CONFIG_TEXT, STAMP, add_annotated_project, png, project_key, project_obj, scene, wait_for
 from label_studio_sdk.converter.brush import decode_rle
 from rel_stack import Stack
 
@@ -38,7 +38,7 @@ def _predict(stack, ls, project: int, tid: int):
     path = f"/data/upload/{project}/q{tid}.png"
     ls.files[path] = png(img)
     body = {"tasks": [{"id": tid, "data": {"image": path, "expression": "the bright block"}}],
-            "project": f"{project}.1712345678", "label_config": CONFIG_TEXT, "params": {"context": None}}
+            "project": f"{project}.{STAMP}", "label_config": CONFIG_TEXT, "params": {"context": None}}
     r = stack.post("/predict", json=body)
     assert r.status_code == 200, r.text
     [res] = r.json()["results"]
@@ -49,12 +49,12 @@ def _predict(stack, ls, project: int, tid: int):
 def test_tiny_sam21_predicts_finetunes_promotes_and_serves_the_new_version(sam2_stack, rel_ls):
     project = 91
     add_annotated_project(rel_ls, project, 9100, 5)
-    setup = {"project": f"{project}.1712345678", "schema": CONFIG_TEXT}
+    setup = {"project": f"{project}.{STAMP}", "schema": CONFIG_TEXT}
     assert sam2_stack.post("/setup", json=setup).json()["model_version"] == "tiny-sam21"
     _, first = _predict(sam2_stack, rel_ls, project, 9190)
     assert first["model_version"] == "tiny-sam21"
 
-    r = sam2_stack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}})
+    r = sam2_stack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(project)})
     assert r.status_code == 201 and r.json()["finetune"] == "enqueued"
 
     def promoted():
@@ -63,8 +63,9 @@ def test_tiny_sam21_predicts_finetunes_promotes_and_serves_the_new_version(sam2_
 
     version = wait_for(promoted, 400, "the fine-tuned SAM 2.1 version", 1.0)
     assert version == f"tiny-sam21-p{project}-ft1"
-    checkpoint = sam2_stack.state().hget(f"refseg:project:{project}:model", "checkpoint")
-    assert checkpoint.endswith(f"/{project}/{version}")
+    key = project_key(project, rel_ls.url)
+    checkpoint = sam2_stack.state().hget(f"refseg:project:{key}:model", "checkpoint")
+    assert checkpoint.endswith(f"/{key}/{version}")
 
     img, res = _predict(sam2_stack, rel_ls, project, 9191)
     assert res["model_version"] == version
