@@ -26,8 +26,9 @@ def web_venv(tmp_path_factory):
     # install from a copy of the sources: pip builds in the source folder, and a stale build/ there could
     # carry modules that no longer exist into the venv
     src = tmp / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", ".e2e", "build", "runs", "data", "*.egg-info",
-                                                             "__pycache__", ".pytest_cache", ".hypothesis", "tests"))
+    skip = (".git", ".venv", ".e2e", "build", "runs", "data", "*.egg-info", "__pycache__", ".pytest_cache",
+            ".hypothesis", "tests")
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*skip))
     where = tmp / "venv"
     venv.EnvBuilder(with_pip=True).create(where)
     py = where / "bin" / "python"
@@ -39,7 +40,8 @@ def web_venv(tmp_path_factory):
 
 
 def test_web_extra_installs_no_model_stack(web_venv):
-    probe = f"import importlib.util, json; print(json.dumps([m for m in {MODEL_STACK!r} if importlib.util.find_spec(m)]))"
+    probe = ("import importlib.util, json; "
+             f"print(json.dumps([m for m in {MODEL_STACK!r} if importlib.util.find_spec(m)]))")
     found = json.loads(subprocess.run([str(web_venv), "-c", probe], capture_output=True, text=True,
                                       check=True).stdout)
     assert found == [], f"the web extra pulled in {found}"
@@ -77,8 +79,8 @@ def _serve_from_web_venv(web_venv, redis_url: str, tmp_path: Path) -> None:
         queue = get_queue(rq_connection(redis_url), BATCH)
         before = set(queue.job_ids)
         task = {"id": 31, "data": {"image": "http://127.0.0.1:9/x.png", "expression": "the pond"}}
-        r = requests.post(f"{url}/predict", json={"project": "3.1712345678", "label_config": CONFIG_TEXT, "tasks": [task]},
-                          timeout=30)
+        body = {"project": "3.1712345678", "label_config": CONFIG_TEXT, "tasks": [task]}
+        r = requests.post(f"{url}/predict", json=body, timeout=30)
         assert r.status_code == 200 and len(r.json()["results"]) == 1
         new = [queue.fetch_job(j) for j in set(queue.job_ids) - before]
         assert len(new) == 1 and new[0].kwargs["tasks"][0]["id"] == 31  # enqueued for a worker, none ran it
