@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scene_support import scene_ground_truth
 
 from cli.main import main as refseg
 from formats.georef import GeoReference
@@ -31,16 +32,7 @@ H, W, CHIP, OVERLAP = 300, 410, 96, 32  # stride 64; the last row/column of chip
 
 
 def _ground_truth(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    gt = np.zeros((H, W), bool)
-    yy, xx = np.mgrid[:H, :W]
-    for _ in range(7):  # discs and boxes, many across chip borders
-        r, c = rng.integers(120, H), rng.integers(0, W)
-        if rng.random() < 0.5:
-            gt |= (yy - r) ** 2 + (xx - c) ** 2 < rng.integers(8, 40) ** 2
-        else:
-            gt[r: r + rng.integers(5, 70), c: c + rng.integers(5, 90)] = True
-    return gt
+    return scene_ground_truth(H, W, seed, objects=7, first_row=120)
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,13 @@ from e2e_support import (
     PY,
     ROOT,
     Backend,
-    backend_env as make_backend_env,
     label_studio_server,
     running_redis,
     save_sharpened_tiny,
     tail,
+)
+from e2e_support import (
+    backend_env as make_backend_env,
 )
 
 

@@ -24,15 +24,33 @@ import numpy as np
 import pytest
 from e2e_flow import (
     by_task as _by_task,
+)
+from e2e_flow import (
     check_prediction as _check_prediction,
+)
+from e2e_flow import (
     connect as _connect,
+)
+from e2e_flow import (
     create_project,
     created_stamp,
+)
+from e2e_flow import (
     decode as _decode,
+)
+from e2e_flow import (
     expected as _expected,
+)
+from e2e_flow import (
     metric as _metric,
+)
+from e2e_flow import (
     ml_version as _ml_version,
+)
+from e2e_flow import (
     predictions as _predictions,
+)
+from e2e_flow import (
     retrieve as _retrieve,
 )
 from e2e_support import ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, ImageServer, checkpoint_dir, wait_for, wait_settled

@@ -141,10 +141,6 @@ def _crash(ls, backend: Backend, redis_url: str, images: ImageServer, project: d
     assert not predictions(ls, project["id"])
 
 
-@pytest.mark.xfail(strict=True, raises=SecondLifeFailed, reason=(
-    "issue 14 'Why' 2: project state is keyed by the bare project id, jobs queued for a previous Label Studio "
-    "post into the next one and leave pending markers, and a dead fine-tune's train:running marker makes Start "
-    "training answer rerun-requested forever (fix in progress on branch `identity`)"))
 def test_flow_passes_twice_on_the_same_runs_and_redis_with_a_fresh_label_studio(ls_venv, e2e_root, docroot,
                                                                                tiny_checkpoint, synth_samples,
                                                                                local_model):

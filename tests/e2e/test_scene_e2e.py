@@ -17,6 +17,7 @@ import pytest
 from e2e_flow import brush_annotation, by_task, connect, decode, expected, ml_version, predictions, retrieve
 from e2e_support import wait_settled
 from PIL import Image
+from scene_support import scene_ground_truth
 
 pytestmark = pytest.mark.e2e
 
@@ -32,16 +33,7 @@ SCENE_CONFIG = """<View>
 
 
 def _ground_truth(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    gt = np.zeros((H, W), bool)
-    yy, xx = np.mgrid[:H, :W]
-    for _ in range(9):  # discs and boxes, many across chip borders
-        r, c = rng.integers(0, H), rng.integers(0, W)
-        if rng.random() < 0.5:
-            gt |= (yy - r) ** 2 + (xx - c) ** 2 < rng.integers(8, 40) ** 2
-        else:
-            gt[r: r + rng.integers(5, 70), c: c + rng.integers(5, 90)] = True
-    return gt
+    return scene_ground_truth(H, W, seed, objects=9, first_row=0)
 
 
 @pytest.fixture(scope="module")
