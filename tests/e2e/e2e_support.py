@@ -304,7 +304,7 @@ def wait_settled(redis_url: str, check, timeout: float, what: str):
 
 
 def is_project_key(key: str, project_id, created=None) -> bool:
-    """Whether `key` (a directory under MODEL_DIR, a project id in /status.json) names LS project `project_id`:
+    """Whether `key` (a directory under MODEL_DIR, a project's "key" in /status.json) names LS project `project_id`:
     the bare id, or a key "<id>-<created>-..." that also names the project's creation stamp (unix seconds, as
     Label Studio sends it in "<id>.<created>") and the Label Studio instance. With `created` given, a key of
     the second kind must carry that stamp (two Label Studios' project 1 then never match each other)."""
@@ -333,8 +333,8 @@ def lineage_of(backend_url: str, version: str, project_id=None, created=None) ->
     """The lineage (oldest first) of the project that serves `version` (and is LS project `project_id`, created
     at `created`, when given), from the backend's /status.json."""
     projects = [p for p in backend_status(backend_url)["projects"] if p["serving"]["version"] == version
-                and (project_id is None or is_project_key(p["id"], project_id, created))]
-    assert len(projects) == 1, f"{len(projects)} projects serve {version}: {[p['id'] for p in projects]}"
+                and (project_id is None or is_project_key(p["key"], project_id, created))]
+    assert len(projects) == 1, f"{len(projects)} projects serve {version}: {[p['key'] for p in projects]}"
     return projects[0]["lineage"]
 
 
