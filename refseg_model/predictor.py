@@ -106,6 +106,47 @@ class EmbeddingCache:
         return len(self._items)
 
 
+class AnswerMemory:
+    """Low-res logits (1 x 1 x M x M, CPU) of recent interactive answers, LRU, keyed by (image key, expression,
+    clicks, box): lets a request that carries all clicks so far find the answer to its prefix (the same clicks
+    minus the last) and pass it back as the dense prompt, as SAM / RITM do. M x M floats each (64 KiB for the
+    demo model, 256 KiB for SAM at 1024 px)."""
+
+    def __init__(self, capacity: int = 128) -> None:
+        self.capacity = max(0, int(capacity))
+        self._items: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(image: str, expression: Optional[str], points: Sequence[Point], box: Optional[Box]) -> tuple:
+        return (image, expression or None, tuple((float(x), float(y), bool(p)) for x, y, p in points),
+                None if box is None else tuple(float(v) for v in box))
+
+    def get(self, key: tuple) -> Optional[torch.Tensor]:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key: tuple, logits: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._items[key] = logits
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def stability_score(logits: torch.Tensor, offset: float = 1.0) -> torch.Tensor:
     """SAM's stability score: IoU of the masks thresholded at +offset and -offset (logits ... x H x W)."""
     inter = (logits > offset).flatten(-2).sum(-1).float()
@@ -226,6 +267,53 @@ class RefSegPredictor:
         return Prediction(mask=(logits > self.threshold).cpu().numpy(), score=confidence(logits),
                           iou_pred=float(iou[0, 0]), low_res=masks.float().cpu())
 
+    def predict_prompts(
+        self,
+        image: np.ndarray,
+        expression: Optional[str],
+        points: Optional[Sequence[Point]] = None,
+        box: Optional[Box] = None,
+        mask_input: Optional[torch.Tensor] = None,
+        key: Optional[str] = None,
+    ) -> Prediction:
+        """One answer for an expression (or None) with clicks / a box / the previous answer's `low_res`, all
+        optional but not all absent; `low_res` is set on the result. Text only here equals `predict`'s answer."""
+        _, item = self.embed(image, key)
+        with self._lock:
+            return self._decode_interactive(item, expression or None, list(points or []), box, mask_input)
+
+    def predict_sequence(
+        self,
+        image: np.ndarray,
+        expression: Optional[str],
+        points: Sequence[Point],
+        box: Optional[Box],
+        memory: AnswerMemory,
+        key: Optional[str] = None,
+    ) -> Prediction:
+        """An interactive request that carries ALL its clicks so far (as Label Studio sends them): the answer to
+        the same request without its last click (or, for the first click or a box, the expression alone) is
+        looked up in `memory` and passed as `mask_input`; the answer is remembered for the next click. A missing
+        prefix (another worker answered it, or it was evicted) only means no previous mask; the text-only
+        prefix is cheap (decoder only, text cached) and computed when missing."""
+        key, _ = self.embed(image, key)
+        points = list(points or [])
+        if points:
+            prefix = (points[:-1], box)
+        elif box is not None:
+            prefix = ([], None)
+        else:
+            prefix = None
+        prev = None
+        if prefix is not None:
+            prev = memory.get(memory.key(key, expression, *prefix))
+            if prev is None and not prefix[0] and prefix[1] is None and expression:
+                prev = self.predict_prompts(image, expression, key=key).low_res
+                memory.put(memory.key(key, expression, [], None), prev)
+        pred = self.predict_prompts(image, expression, points, box, prev, key)
+        memory.put(memory.key(key, expression, points, box), pred.low_res)
+        return pred
+
     def predict(
         self,
         image: np.ndarray,
@@ -250,10 +338,8 @@ class RefSegPredictor:
             expressions = list(expressions or [])
             if len(expressions) > 1:
                 raise ValueError("clicks and boxes go with one expression at a time")
-            _, item = self.embed(image, key)
-            with self._lock:
-                return [self._decode_interactive(item, expressions[0] if expressions else None, list(points or []),
-                                                 box, mask_input)]
+            return [self.predict_prompts(image, expressions[0] if expressions else None, points, box, mask_input,
+                                         key)]
         _, item = self.embed(image, key)
         with self._lock:
             return self._decode([item] * len(expressions), expressions)

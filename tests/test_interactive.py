@@ -214,3 +214,32 @@ def test_text_only_predict_is_unchanged(model):
         pred.predict(img, ["a", "b"], points=[(1, 1, True)])
     with pytest.raises(ValueError, match="nothing to segment"):
         pred.predict(img, None)
+
+
+def test_click_sequence_passes_the_previous_answer_back(model):
+    """Requests carrying all clicks so far: each finds its prefix's answer in the memory and uses it as mask
+    input, exactly what an explicit mask_input gives; nothing but the decoder runs after the first request."""
+    from refseg_model.predictor import AnswerMemory
+
+    pred = RefSegPredictor(model, cache_size=4)
+    memory = AnswerMemory(8)
+    img = _image(seed=7)
+    clicks = [(10, 12, True), (60, 30, False), (33, 20, True)]
+    calls = Calls(model)
+    try:
+        seq = [pred.predict_sequence(img, "the red box", clicks[: k + 1], None, memory) for k in range(3)]
+        assert (calls.n["sam"], calls.n["text"], calls.n["prompter"]) == (1, 1, 1)
+    finally:
+        calls.close()
+    assert memory.hits == 2  # clicks 2 and 3 found their prefix; click 1's prefix (text alone) was computed
+    text = pred.predict_prompts(img, "the red box")
+    ref = pred.predict_prompts(img, "the red box", clicks[:1], None, text.low_res)
+    assert torch.allclose(ref.low_res, seq[0].low_res, atol=1e-5)
+    for k in (1, 2):
+        ref = pred.predict_prompts(img, "the red box", clicks[: k + 1], None, ref.low_res)
+        assert torch.allclose(ref.low_res, seq[k].low_res, atol=1e-5)
+    # clicks only, and a box: the same memory, other keys
+    a = pred.predict_sequence(img, None, clicks[:1], None, memory)
+    b = pred.predict_sequence(img, None, clicks[:2], None, memory)
+    assert memory.hits == 3 and a.low_res is not None and b.mask.shape == (50, 80)
+    pred.predict_sequence(img, None, [], (5, 5, 40, 40), memory)
