@@ -177,6 +177,7 @@ class RefSegPredictor:
         self.threshold = float(model.cfg.mask_threshold)
         self._lock = threading.Lock()  # one forward at a time per model
         self.prompt_hits = 0  # (image, expression) prompter outputs reused / computed by the interactive path
+        self.answers = AnswerMemory(128)  # recent interactive answers, for predict_sequence
         self.prompt_misses = 0
 
     @classmethod
@@ -288,14 +289,16 @@ class RefSegPredictor:
         expression: Optional[str],
         points: Sequence[Point],
         box: Optional[Box],
-        memory: AnswerMemory,
+        memory: Optional[AnswerMemory] = None,
         key: Optional[str] = None,
     ) -> Prediction:
         """An interactive request that carries ALL its clicks so far (as Label Studio sends them): the answer to
         the same request without its last click (or, for the first click or a box, the expression alone) is
         looked up in `memory` and passed as `mask_input`; the answer is remembered for the next click. A missing
         prefix (another worker answered it, or it was evicted) only means no previous mask; the text-only
-        prefix is cheap (decoder only, text cached) and computed when missing."""
+        prefix is cheap (decoder only, text cached) and computed when missing. `memory` defaults to the
+        predictor's own (`answers`), so a new model version never sees an older version's answers."""
+        memory = self.answers if memory is None else memory
         key, _ = self.embed(image, key)
         points = list(points or [])
         if points:
