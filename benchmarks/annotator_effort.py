@@ -60,7 +60,7 @@ def simulate(predictor, image: np.ndarray, gt: np.ndarray, expression: Optional[
             ious.append(ious[-1])
             continue
         xy, positive, _ = next_clicks(torch.from_numpy(pred)[None], target)
-        points.append((float(xy[0, 0]) + 0.5, float(xy[0, 1]) + 0.5, bool(positive[0])))
+        points.append((float(xy[0, 0]), float(xy[0, 1]), bool(positive[0])))  # pixel index, as in training
         t0 = time.perf_counter()
         [p] = predictor.predict(image, expression or None, points=list(points), mask_input=low_res)
         if latencies is not None:

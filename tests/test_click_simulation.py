@@ -1,6 +1,7 @@
 """Simulated clicks (refseg_model/interactive.py) and interactive training steps (train.interactive_plan)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from refseg_model.checkpoint import load_model
@@ -67,9 +68,10 @@ def test_plan_is_a_function_of_seed_rank_step():
     assert {p["corrections"] for p in plans} == {1, 2, 3}
 
 
-def test_interactive_forward_trains_the_decoder_on_the_last_pass():
+@pytest.mark.parametrize("spec", ["tiny", "tiny-sam2.1"])
+def test_interactive_forward_trains_the_decoder_on_the_last_pass(spec):
     torch.manual_seed(0)
-    model, _ = load_model("tiny")
+    model, _ = load_model(spec)
     model.train()
     s = model.image_size
     images = torch.rand(4, 3, s, s)
