@@ -14,11 +14,14 @@ click tool; 0 clicks = no mask), text only (no clicks: the first answer stays).
 Data: a held-out `shifted` synthetic split generated in memory with its own seed (never seen in training:
 training streams use other seeds, and the `shifted` style is not the demo's training style).
 
-What this script does NOT do yet: the same protocol through the real backend (Redis/RQ/HTTP) and the plot
-docs/annotator_effort.png asked for by issue 10; see the clicks branch's report.
+`--backend` runs the same protocol through the real service as well (redis-server, one RQ worker, gunicorn;
+benchmarks/bench_stack.py): each click is an interactive /predict whose context holds all keypoints so far in
+Label Studio's format (percent of the image, `is_positive`), the answer's brush RLE is decoded and scored, and
+the click latency through the queue is reported next to the in-process one. The text answer (0 clicks) comes
+from a batch /predict. Not done yet: the plot docs/annotator_effort.png asked for by issue 10.
 
 Run:  PYTHONPATH=. python benchmarks/annotator_effort.py [--checkpoint demo|CKPT] [--samples 100]
-      [--dense add|replace] [--max-clicks 20] [--json out.json]
+      [--dense add|replace] [--max-clicks 20] [--backend] [--json out.json]
 """
 from __future__ import annotations
 
@@ -99,6 +102,104 @@ def run(predictor, samples, max_clicks: int = 20) -> Dict[str, dict]:
     return out
 
 
+CONFIG_TEXT_CLICKS = ('<View><Image name="image" value="$image"/><Text name="expr" value="$expression"/>'
+                      '<KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/>'
+                      '</KeyPointLabels><BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>'
+                      '</View>')
+CONFIG_CLICKS_ONLY = ('<View><Image name="image" value="$image"/>'
+                      '<KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/>'
+                      '</KeyPointLabels><BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>'
+                      '</View>')
+
+
+def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> Dict[str, dict]:
+    """The protocol through redis + an RQ worker + gunicorn; text+clicks and clicks only."""
+    import os
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import requests
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_stack import ROOT, Stack, free_port, image_server, png
+
+    from labelstudio.brush import rle_to_mask
+    from refseg_model.interactive import next_clicks
+
+    tmp = Path(tempfile.mkdtemp(prefix="refseg-effort-"))
+    paths = [f"/data/upload/1/s{i}.png" for i in range(len(samples))]
+    ls_url = image_server({p: png(img) for p, (img, _, _) in zip(paths, samples)})
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REFSEG_MODEL": checkpoint,
+           "MODEL_DIR": str(tmp / "models"), "DEVICE": "cpu", "LABEL_STUDIO_URL": ls_url,
+           "LABEL_STUDIO_API_KEY": "bench", "PREDICT_BUDGET_S": "120", "INTERACTIVE_TIMEOUT_S": "60",
+           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    stack = Stack(env, tmp)
+
+    def mask_of(res, shape) -> np.ndarray:
+        assert "error" not in res, res.get("error")
+        out = np.zeros(shape, dtype=bool)
+        for r in res.get("result", []):
+            out |= rle_to_mask(r["value"]["rle"], r["original_height"], r["original_width"])
+        return out
+
+    out: Dict[str, dict] = {}
+    try:
+        stack.start_redis()
+        stack.start_worker("interactive,batch", threads, log="worker.log")
+        url = stack.start_web(threads=4, timeout=120)
+        stack.wait_workers(1, 300)
+        for mode in ("text+clicks", "clicks"):
+            text = mode == "text+clicks"
+            config = CONFIG_TEXT_CLICKS if text else CONFIG_CLICKS_ONLY
+            curves, lat = [], []
+            for i, ((img, gt, expr), path) in enumerate(zip(samples, paths)):
+                h, w = gt.shape
+                task = {"id": i + 1, "data": {"image": path, **({"expression": expr} if text else {})}}
+                if text:
+                    r = requests.post(url + "/predict", json={"tasks": [task], "project": "1.1",
+                                      "label_config": config, "params": {"context": None}}, timeout=200)
+                    pred = mask_of(r.json()["results"][0], gt.shape)
+                else:
+                    pred = np.zeros_like(gt, dtype=bool)
+                ious = [_iou(pred, gt) if text else 0.0]
+                items: List[dict] = []
+                target = torch.from_numpy(np.asarray(gt, dtype=bool))[None]
+                for _ in range(max_clicks):
+                    xy, positive, _ = next_clicks(torch.from_numpy(pred)[None], target)
+                    items.append({"type": "keypointlabels", "from_name": "click", "to_name": "image",
+                                  "is_positive": bool(positive[0]), "original_width": w, "original_height": h,
+                                  "value": {"x": float(xy[0, 0]) / w * 100, "y": float(xy[0, 1]) / h * 100,
+                                            "width": 0.5, "keypointlabels": ["object"]}})
+                    t0 = time.perf_counter()
+                    r = requests.post(url + "/predict", json={"tasks": [task], "project": "1.1",
+                                      "label_config": config, "params": {"context": {"result": list(items)}}},
+                                      timeout=120)
+                    lat.append(time.perf_counter() - t0)
+                    r.raise_for_status()
+                    pred = mask_of(r.json()["results"][0], gt.shape)
+                    ious.append(_iou(pred, gt))
+                curves.append(ious)
+            arr = np.array(curves)
+            out[mode] = {
+                "n": len(curves),
+                "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
+                "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
+                **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
+                "click_ms_p50": 1000 * statistics.median(lat) if lat else None,
+            }
+    finally:
+        stack.stop()
+    return out
+
+
+def _table(res: Dict[str, dict], max_clicks: int) -> None:
+    cols = ["NoC@85", "NoC@90"] + [f"IoU@{k}" for k in REPORT_AT if k <= max_clicks] + ["click_ms_p50"]
+    print(f"{'mode':<12}" + "".join(f"{c:>13}" for c in cols))
+    for mode, r in res.items():
+        print(f"{mode:<12}" + "".join(f"{r[c]:>13.3f}" if r[c] is not None else f"{'-':>13}" for c in cols))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="demo")
@@ -108,6 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dense", choices=["add", "replace"], default=None,
                     help="override the checkpoint's interactive_dense (how the previous mask meets the text)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", action="store_true", help="also through redis + RQ worker + gunicorn")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -123,14 +225,20 @@ def main(argv=None) -> int:
     res = run(predictor, samples, args.max_clicks)
     print(f"checkpoint {args.checkpoint} ({predictor.version}), dense {predictor.model.cfg.interactive_dense}, "
           f"{len(samples)} held-out shifted samples, {time.time() - t0:.0f} s")
-    cols = ["NoC@85", "NoC@90"] + [f"IoU@{k}" for k in REPORT_AT if k <= args.max_clicks] + ["click_ms_p50"]
-    print(f"{'mode':<12}" + "".join(f"{c:>13}" for c in cols))
-    for mode, r in res.items():
-        print(f"{mode:<12}" + "".join(f"{r[c]:>13.3f}" if r[c] is not None else f"{'-':>13}" for c in cols))
+    _table(res, args.max_clicks)
+    backend = None
+    if args.backend:
+        if args.dense:
+            print("note: --dense applies in-process only; the worker uses the checkpoint's own setting")
+        t0 = time.time()
+        backend = run_backend(args.checkpoint, samples, args.max_clicks, args.threads or 1)
+        print(f"through the backend (redis + RQ worker + gunicorn), {time.time() - t0:.0f} s")
+        _table(backend, args.max_clicks)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "version": predictor.version,
-                       "dense": predictor.model.cfg.interactive_dense, "results": res}, f, indent=1)
+                       "dense": predictor.model.cfg.interactive_dense, "results": res, "backend": backend}, f,
+                      indent=1)
     return 0
 
 
