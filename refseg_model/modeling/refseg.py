@@ -272,7 +272,17 @@ class RefSegModel(nn.Module):
           text, no previous mask     -> the prompter's dense logits (as `decode`)
           text, previous mask        -> "add": embed(text dense logits + previous logits) (default)
                                         "replace": embed(previous logits), the text's dense map dropped
-        Which one is the default is decided by measurement (see the clicks branch); until then "add".
+        Why "add" is the default (measured, but only weakly: read the caveat). Two copies of the demo were
+        fine-tuned the same way (400 steps, `--interactive-frac 0.5`, lr 5e-4, synth:default), one per mode, and
+        scored by benchmarks/annotator_effort.py on 40 held-out `shifted` samples (IoU after 0 / 1 / 3 / 5
+        clicks, text + clicks): "add" 0.115 / 0.116 / 0.111 / 0.110, "replace" 0.080 / 0.092 / 0.079 / 0.071.
+        With "replace" the answer fell below its own text-only answer by the 5th click; with "add" it stayed at
+        it, since the text's dense map keeps voting wherever the previous mask is not confident (previous logits
+        are large, |x| ~ 10, next to the similarity map's |x| ~ 1-5, so where the previous mask is sure it wins).
+        Caveat: the demo's prompt encoder and decoder were trained from scratch on text prompts only, and 400
+        CPU steps did not teach them to use clicks (clicks only: IoU 0.09 after 5 clicks in both runs), so the
+        numbers compare how each mode *keeps* the text, not how it combines text with a click-aware decoder.
+        Re-measure with a checkpoint that has learned clicks (or a published SAM's prompt encoder).
         """
         b = coords.shape[0]
         geo = self.embed_geometry(coords, labels)
