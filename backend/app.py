@@ -19,9 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from jobs.connections import rq_connection, state_connection
+from jobs.projects import register_instance, resolve
 from jobs.settings import Settings
 from jobs.versions import VersionStore
-from labelstudio.labelconfig import LabelConfigError, parse_label_config, project_id
+from labelstudio.identity import ProjectRef
+from labelstudio.labelconfig import LabelConfigError, parse_label_config
 from labelstudio.prompts import PromptError
 
 from .auth import install_basic_auth
@@ -48,12 +50,14 @@ def _json_body() -> dict:
     return body
 
 
-def _project(body: dict, tasks=None) -> str:
+def _project(state, instance: str, body: dict, tasks=None) -> ProjectRef:
+    """The project of a /setup or /predict body: "<id>.<created>" as Label Studio sends it, keyed by this
+    deployment's Label Studio (labelstudio/identity.py)."""
     raw = body.get("project")
     if raw in (None, "") and tasks:
         raw = tasks[0].get("project") if isinstance(tasks[0], dict) else None
     try:
-        return project_id(raw)
+        return resolve(state, instance, raw)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
 
@@ -65,9 +69,10 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     rq_conn = rq_connection(settings.redis_url)
     state = state_connection(settings.redis_url)
     versions = VersionStore(state, settings.base_model)
+    instance = register_instance(state, settings.label_studio_url)  # which Label Studio this deployment serves
     metrics = Metrics(rq_conn, state, versions)
     predictor = PredictService(settings, rq_conn, state, versions, metrics)
-    webhooks = WebhookService(settings, rq_conn, state)
+    webhooks = WebhookService(settings, rq_conn, state, instance)
     status_reader = StatusReader(rq_conn, state, versions)
     if settings.basic_auth_enabled:
         install_basic_auth(app, settings.basic_auth_user, settings.basic_auth_pass)
@@ -84,9 +89,9 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     @app.post("/setup")
     def setup():
         body = _json_body()
-        project = _project(body)
+        project = _project(state, instance, body)
         parse_label_config(body.get("schema") or body.get("label_config") or "")
-        return jsonify(model_version=versions.current(project).version)
+        return jsonify(model_version=versions.current(project.key).version)
 
     @app.post("/predict")
     def predict():
@@ -94,7 +99,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not tasks:
             raise BadRequest("'tasks' must be a non-empty list")
-        project = _project(body, tasks)
+        project = _project(state, instance, body, tasks)
         cfg = parse_label_config(body.get("label_config") or "")
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
         context = params.get("context") if isinstance(params.get("context"), dict) else None

@@ -4,7 +4,10 @@ Label Studio drops the whole batch unless it gets exactly one result per task, i
 an entry: done, failed, or pending (formats in labelstudio/predictions.py). For a pending task the worker POSTs
 the real prediction to /api/predictions when it finishes (see jobs/handoff.py for the hand-off).
 
-A task handed over for late delivery gets a marker `refseg:pending:<project>:<task>` (the job id, then
+Projects are `labelstudio.identity.ProjectRef`s: state is keyed by `project.key`, and the jobs carry the
+identity so that no worker posts a result into another Label Studio or a re-created project.
+
+A task handed over for late delivery gets a marker `refseg:pending:<project key>:<task>` (the job id, then
 "posted" for POSTED_GRACE_S after the worker posted it): if LS asks for it again meanwhile (a second
 "Retrieve predictions", or a request LS built before the late post landed), it gets the placeholder again and
 no second job, so each task ends with exactly one prediction. A marker whose job died is dropped and the task
@@ -24,6 +27,7 @@ from rq.serializers import JSONSerializer
 from jobs.handoff import PENDING_TTL_S, POSTED, done_key, give_up, pending_key, posted_marker, take
 from jobs.liveness import ALIVE, job_alive
 from jobs.queues import BATCH, INTERACTIVE, enqueue_predict
+from labelstudio.identity import ProjectRef
 from labelstudio.labelconfig import ProjectConfig, task_expression
 from labelstudio.predictions import error_result, no_suggestion, pending_result, task_id
 from labelstudio.prompts import parse_prompts
@@ -44,10 +48,10 @@ class PredictService:
             settings, rq_conn, state, versions, metrics)
 
     # --------------------------------------------------------------------------------------------- batch
-    def batch(self, project: str, cfg: ProjectConfig, tasks: List[dict]) -> List[dict]:
+    def batch(self, project: ProjectRef, cfg: ProjectConfig, tasks: List[dict]) -> List[dict]:
         t0 = time.monotonic()
         deadline = t0 + self.settings.predict_budget_s
-        version = self.versions.current(project).version
+        version = self.versions.current(project.key).version
         out: List[Optional[dict]] = [None] * len(tasks)
         todo: List[Tuple[int, dict]] = []
         pending = self._pending_jobs(project, tasks, version)
@@ -67,7 +71,7 @@ class PredictService:
             if all(out[i] is not None for i in chunk.indices):
                 continue
             # markers first, hand-off second: a worker that then finds itself late overwrites them with posted_marker()
-            keys = [pending_key(project, tid) for tid in chunk.task_ids if tid is not None]
+            keys = [pending_key(project.key, tid) for tid in chunk.task_ids if tid is not None]
             pipe = self.state.pipeline()
             for key in keys:
                 pipe.set(key, chunk.job_id, ex=PENDING_TTL_S)
@@ -86,15 +90,15 @@ class PredictService:
         return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------------------------------- interactive
-    def nothing_to_suggest(self, project: str, tasks: List[dict]) -> List[dict]:
+    def nothing_to_suggest(self, project: ProjectRef, tasks: List[dict]) -> List[dict]:
         """An interactive request with an empty prompt (nothing typed, no click): the editor sends one right
         after Submit/Update. Answering it with the task's suggestion would offer a duplicate; no job runs."""
-        version = self.versions.current(project).version
+        version = self.versions.current(project.key).version
         return [no_suggestion(version) for _ in tasks]
 
-    def interactive(self, project: str, cfg: ProjectConfig, task: dict, context: dict) -> dict:
+    def interactive(self, project: ProjectRef, cfg: ProjectConfig, task: dict, context: dict) -> dict:
         t0 = time.monotonic()
-        version = self.versions.current(project).version
+        version = self.versions.current(project.key).version
         job_task, why = self._job_task(cfg, task, context)
         if job_task is None:
             out = [error_result(version, why)]
@@ -137,14 +141,15 @@ class PredictService:
             job["prompts"] = prompts.to_json()
         return job, ""
 
-    def _pending_jobs(self, project: str, tasks: List[dict], version: str) -> set:
+    def _pending_jobs(self, project: ProjectRef, tasks: List[dict], version: str) -> set:
         """Ids of tasks whose prediction an earlier /predict handed to a still-living job for late delivery,
         or that such a job posted moments ago under the current `version` (a post under an older version does
         not count: after a promotion the task must get a prediction of the new one)."""
         ids = [task_id(t) for t in tasks if task_id(t) is not None]
         if not ids:
             return set()
-        markers = {tid: job for tid, job in zip(ids, self.state.mget([pending_key(project, t) for t in ids])) if job}
+        markers = {tid: job for tid, job in zip(ids, self.state.mget([pending_key(project.key, t) for t in ids]))
+                   if job}
         if not markers:
             return set()
         posted = {tid for tid, job in markers.items() if job == posted_marker(version)}
@@ -154,7 +159,7 @@ class PredictService:
             return posted
         jobs = Job.fetch_many(job_ids, connection=self.rq_conn, serializer=JSONSerializer)
         alive = {jid for jid, job in zip(job_ids, jobs) if job_alive(self.state, job, ALIVE)}
-        dead = [pending_key(project, tid) for tid, job in markers.items() if job not in alive]
+        dead = [pending_key(project.key, tid) for tid, job in markers.items() if job not in alive]
         if dead:
             self.state.delete(*dead)  # their job died: predict them again
         return posted | {tid for tid, job in markers.items() if job in alive}

@@ -23,6 +23,7 @@ from rq.serializers import JSONSerializer
 from jobs import finetune_state, keys, stats
 from jobs.queues import QUEUES, get_queue
 from jobs.versions import VersionStore
+from labelstudio.identity import ProjectRef
 
 FAILURES_SHOWN = 20  # the newest, all queues and fine-tunes together
 FAILED_JOBS_READ_PER_QUEUE = 50
@@ -178,8 +179,11 @@ class StatusReader:
                 "progress_at": iso(last_run.get("progress_at")), "worker": worker,
                 "worker_alive": None if not worker else bool(self.state.exists(keys.worker_alive(worker))),
             }
+        ref = _ref(project)
         return {
-            "id": project,
+            "key": project,  # the state's key in Redis and MODEL_DIR: one project of one Label Studio, in one life
+            "id": ref.id if ref else project,  # Label Studio's project id
+            "created": iso(int(ref.created)) if ref and ref.created.isdigit() else None,  # in Label Studio
             "serving": {"version": current.version, "base": current.version == self.versions.base.version,
                         "promoted_at": serving["promoted_at"] if serving else None,
                         "giou": serving["giou"] if serving else None},
@@ -218,3 +222,11 @@ class StatusReader:
                                                 "failed_at": o.get("finished_at")})
                 entry.update(project=p["id"], reason=o.get("reason") or entry.get("reason"), source="fine-tune")
         return sorted(out.values(), key=lambda f: _iso_z(f.get("failed_at")) or 0.0, reverse=True)[:FAILURES_SHOWN]
+
+
+def _ref(key: str) -> Optional[ProjectRef]:
+    """The project a state key names (jobs/projects.py keys state by ProjectRef.key); None for another form."""
+    try:
+        return ProjectRef.from_key(key)
+    except ValueError:
+        return None

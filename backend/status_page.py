@@ -221,9 +221,9 @@ footer { color:var(--muted); font-size:12px; margin-top:28px; }
 {% if not s.projects %}<p class="empty">No project has been fine-tuned yet; every project is served by
 <code>{{ s.base_model.version }}</code>.</p>{% endif %}
 {% for p in s.projects %}
-<section class="project" id="project-{{ p.id }}" data-project="{{ p.id }}">
+<section class="project" id="project-{{ p.key }}" data-project="{{ p.key }}">
   <div class="project-head">
-    <h3>Project {{ p.id }}</h3>
+    <h3>Project {{ p.id }}</h3>{% if p.created %}<span class="muted" data-role="created">created {{ p.created }}</span>{% endif %}
     <span>serving <span class="serving" data-role="serving-version">{{ p.serving.version }}</span>
       {% if p.serving.promoted_at %}<span class="muted small">promoted {{ ago(p.serving.promoted_at) }}{%
         if p.serving.giou is not none %} · held-out gIoU {{ p.serving.giou|fmt }}{% endif %}</span>
@@ -255,9 +255,9 @@ footer { color:var(--muted); font-size:12px; margin-top:28px; }
   </div>
   <div class="grid2">
     <div>
-    {% set plot = plots[p.id] %}
+    {% set plot = plots[p.key] %}
     {% if plot %}
-      <svg class="giou-plot" data-project="{{ p.id }}" viewBox="0 0 {{ plot.w }} {{ plot.h }}" role="img"
+      <svg class="giou-plot" data-project="{{ p.key }}" viewBox="0 0 {{ plot.w }} {{ plot.h }}" role="img"
            aria-label="held-out gIoU per fine-tune of project {{ p.id }}" xmlns="http://www.w3.org/2000/svg">
         <text x="{{ plot.x0 }}" y="16" font-size="12" fill="#616e7c">held-out gIoU per fine-tune</text>
         <g font-size="11" fill="#1f2933">
@@ -355,7 +355,7 @@ def render(snapshot: dict, refresh_s: Optional[int] = REFRESH_DEFAULT_S, now: Op
     now = time.time() if now is None else now
     return TEMPLATE.render(
         s=snapshot, refresh_s=refresh_s, ago=lambda text: ago(text, now),
-        plots={p["id"]: giou_plot(p["outcomes"]) for p in snapshot["projects"]},
+        plots={p["key"]: giou_plot(p["outcomes"]) for p in snapshot["projects"]},
         workers_alive=sum(1 for w in snapshot["workers"] if w["alive"]),
         running_count=sum(1 for p in snapshot["projects"] if p["finetune"]["running"]),
     )

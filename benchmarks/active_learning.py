@@ -114,8 +114,11 @@ def run_ordering(name, project, samples, n_eval, args, ls, url, state, rounds_ou
     from formats.metrics import RefSegMetrics, sample_iou
     from jobs.stats import finetune_status
     from labelstudio.brush import brush_region
+    from labelstudio.identity import ProjectRef, instance_id
 
-    ls.projects[project] = {"id": project, "label_config": CONFIG}
+    # created at unix time 1, as "<id>.1" below says; its state lives under this key
+    ls.projects[project] = {"id": project, "label_config": CONFIG, "created_at": "1970-01-01T00:00:01Z"}
+    key = ProjectRef(str(project), "1", instance_id(ls.url)).key
     base_id = project * 100000
     for i, s in enumerate(samples):
         tid = base_id + i
@@ -180,18 +183,18 @@ def run_ordering(name, project, samples, n_eval, args, ls, url, state, rounds_ou
             requests.post(url + "/webhook", json={"action": "ANNOTATION_CREATED", "annotation": ann,
                                                   "task": ls.tasks[tid], "project": ls.projects[project]}, timeout=10)
             corrected.append(tid)
-        before = finetune_status(state).get(str(project), {}).get("job")
+        before = finetune_status(state).get(key, {}).get("job")
         t0 = time.monotonic()
         requests.post(url + "/webhook", json={"action": "START_TRAINING", "project": ls.projects[project]},
                       timeout=10).raise_for_status()
 
         def finished():
-            st = finetune_status(state).get(str(project), {})
+            st = finetune_status(state).get(key, {})
             return st if st.get("job") != before and st.get("state") in ("promoted", "rejected", "skipped",
                                                                           "failed") else None
 
         wait(finished, 6 * 3600, "fine-tune", interval=0.5)
-        st = finetune_status(state)[str(project)]
+        st = finetune_status(state)[key]
         print(f"{name:10s}   fine-tune {st.get('state')} {st.get('version', '')} in {time.monotonic() - t0:.0f} s "
               f"(held-out gIoU new {st.get('giou_new', float('nan')):.4f} vs {st.get('giou_current', float('nan')):.4f})",
               flush=True)

@@ -114,7 +114,8 @@ def bench_stack(args) -> None:
         def webhooks(n, project):
             times = []
             for i in range(n):
-                event = {"action": "ANNOTATION_CREATED", "project": {"id": project},
+                event = {"action": "ANNOTATION_CREATED",  # the project object carries created_at, as LS sends it
+                         "project": {"id": project, "created_at": "2024-04-05T19:34:38.000000Z"},
                          "annotation": {"id": i, "task": 1, "project": project, "result": [], "was_cancelled": False},
                          "task": {"id": 1, "data": {}}}
                 t = time.perf_counter()

@@ -255,3 +255,14 @@ def _representable(value: float, dtype: np.dtype) -> bool:
         return False
     info = np.iinfo(dtype)
     return info.min <= value <= info.max
+
+
+def window_starts(n: int, size: int, stride: int) -> List[int]:
+    """Window starts along one axis of length `n`: every `stride` px, the last window flush with the end (one
+    window at 0 if n <= size). Shared by `refseg tasks` chips and the large-scene tiling."""
+    if n <= size:
+        return [0]
+    starts = list(range(0, n - size, stride))
+    if starts[-1] != n - size:
+        starts.append(n - size)
+    return starts

@@ -7,7 +7,8 @@ SIGKILLed SimpleWorker's job when its registry entry expires (job timeout + 60 s
 from __future__ import annotations
 
 import redis
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from . import keys
 
@@ -21,6 +22,9 @@ WORKER_MISSING_GRACE_S = 2 * WORKER_ALIVE_EVERY_S + 2
 
 # RQ statuses of a job that may still finish
 ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+# what is known of a worker (or of the job it runs): alive, dead, or missing for less than the grace (undecided:
+# ask again later, never treat as either)
+LIVE, DEAD, UNDECIDED = "live", "dead", "undecided"
 
 worker_alive_key = keys.worker_alive
 worker_missing_key = keys.worker_missing
@@ -37,30 +41,49 @@ def refresh_worker_alive(state: redis.Redis, name: str, value: str) -> None:
 # KEYS: alive key, missing-since key; ARGV: grace seconds, expiry of the missing-since key. One atomic call: the
 # first backend process to see the key missing records the time (server clock), and everyone judges from that.
 _WORKER_ALIVE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 redis.call('SET', KEYS[2], string.format('%.6f', now), 'NX', 'EX', ARGV[2])
 if now - tonumber(redis.call('GET', KEYS[2])) < tonumber(ARGV[1]) then return 1 end
 return 0
 """
+_STATES = {2: LIVE, 1: UNDECIDED, 0: DEAD}
+
+
+def worker_state(state: redis.Redis, name: str, grace_s: float = WORKER_MISSING_GRACE_S) -> str:
+    """LIVE (its liveness key exists), UNDECIDED (missing for less than `grace_s`, counted from the first time a
+    backend process saw it missing) or DEAD."""
+    expiry = int(grace_s) + WORKER_ALIVE_TTL_S + 60
+    return _STATES[int(state.eval(_WORKER_ALIVE, 2, worker_alive_key(name), worker_missing_key(name), grace_s,
+                                  expiry))]
 
 
 def worker_alive(state: redis.Redis, name: str, grace_s: float = WORKER_MISSING_GRACE_S) -> bool:
-    """Whether worker `name` may still be alive: its liveness key exists, or has been missing for less than
-    `grace_s` (seconds since a backend process first saw it missing)."""
-    expiry = int(grace_s) + WORKER_ALIVE_TTL_S + 60
-    return state.eval(_WORKER_ALIVE, 2, worker_alive_key(name), worker_missing_key(name), grace_s, expiry) == 1
+    """Whether worker `name` may still be alive (LIVE or UNDECIDED)."""
+    return worker_state(state, name, grace_s) != DEAD
+
+
+def job_state(state: redis.Redis, job, alive_statuses=ALIVE) -> str:
+    """Whether an RQ job (or None) may still finish: LIVE when queued/deferred/scheduled or started by a living
+    worker, UNDECIDED while its worker's key has been missing for less than the grace, else DEAD. A started job
+    whose worker name is unknown counts as LIVE (no evidence it died)."""
+    if job is None:
+        return DEAD
+    status = job.get_status(refresh=False)
+    if status not in alive_statuses:
+        return DEAD
+    if status == JobStatus.STARTED and getattr(job, "worker_name", None):
+        return worker_state(state, job.worker_name)
+    return LIVE
 
 
 def job_alive(state: redis.Redis, job, alive_statuses=ALIVE) -> bool:
-    """Whether an RQ job (or None) may still finish: queued/deferred/scheduled, or started by a living worker.
-    A started job whose worker name is unknown counts as alive (no evidence it died)."""
-    if job is None:
-        return False
-    status = job.get_status(refresh=False)
-    if status not in alive_statuses:
-        return False
-    if status == JobStatus.STARTED and getattr(job, "worker_name", None):
-        return worker_alive(state, job.worker_name)
-    return True
+    """Whether an RQ job may still finish (LIVE or UNDECIDED, see job_state)."""
+    return job_state(state, job, alive_statuses) != DEAD
+
+
+def job_state_by_id(rq_conn: redis.Redis, state: redis.Redis, job_id: str) -> str:
+    """job_state of the job with id `job_id` (DEAD when RQ no longer has it)."""
+    job = Job.fetch_many([job_id], connection=rq_conn, serializer=JSONSerializer)[0]
+    return job_state(state, job)

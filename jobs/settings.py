@@ -93,6 +93,7 @@ class Settings:
     model_dir: str = "./runs/models"  # fine-tuned checkpoints: MODEL_DIR/<project>/<version>; must be shared by workers
     base_model: str = "demo"  # REFSEG_MODEL: "demo", "preset:NAME" or a checkpoint directory
     device: str = "auto"  # workers only: "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    train_device: str = ""  # fine-tuning (the trainer worker): e.g. "cuda:1" for a second GPU; "" = DEVICE
     label_studio_url: str = ""  # e.g. http://label-studio:8080 (as reachable from the workers)
     label_studio_api_key: str = field(default="", repr=False)  # legacy token or Personal Access Token (JWT)
     basic_auth_user: str = ""
@@ -139,6 +140,7 @@ class Settings:
             model_dir=_env(env, "MODEL_DIR", default=cls.model_dir),
             base_model=_env(env, "REFSEG_MODEL", default=cls.base_model),
             device=_env(env, "DEVICE", default=cls.device),
+            train_device=_env(env, "TRAIN_DEVICE"),
             label_studio_url=_env(env, "LABEL_STUDIO_URL", "LABEL_STUDIO_HOST").rstrip("/"),
             label_studio_api_key=_env(env, "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
             basic_auth_user=_env(env, "BASIC_AUTH_USER"),
@@ -179,6 +181,11 @@ class Settings:
     def raster_for(self, project) -> Tuple[str, str]:
         """(bands, stretch) for (Geo)TIFF images of `project`: its RASTER_PROJECTS entry, else the defaults."""
         return self.media_policy().raster_for(project)
+
+    @property
+    def trainer_device(self) -> str:
+        """Where fine-tunes run: TRAIN_DEVICE, else DEVICE."""
+        return self.train_device or self.device
 
     @property
     def basic_auth_enabled(self) -> bool:

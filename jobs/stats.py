@@ -60,6 +60,12 @@ def set_finetune_status(conn: redis.Redis, project: str, **fields) -> None:
     conn.hset(_FINETUNE + project, mapping={k: json.dumps(v) for k, v in fields.items()})
 
 
+def finetune_job(conn: redis.Redis, project: str):
+    """The job id the last fine-tune status of `project` is about (None if none)."""
+    raw = conn.hget(_FINETUNE + project, "job")
+    return json.loads(raw) if raw else None
+
+
 def finetune_status(conn: redis.Redis) -> Dict[str, dict]:
     out = {}
     for key in conn.scan_iter(_FINETUNE + "*"):

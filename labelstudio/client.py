@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .identity import created_stamp
+
 log = logging.getLogger(__name__)
 TIMEOUT = (5, 60)
 
@@ -95,6 +97,17 @@ class LabelStudioClient:
     # ----------------------------------------------------------------------------------------------- API
     def project(self, project: str) -> dict:
         return self._json("GET", f"/api/projects/{project}")
+
+    def project_created(self, project: str) -> Optional[str]:
+        """The creation stamp (labelstudio.identity.created_stamp) of Label Studio's project `project` now; None if
+        there is no such project (404); '' if Label Studio does not say."""
+        r = self.request("GET", f"/api/projects/{project}")
+        if r.status_code == 404:
+            return None
+        if r.status_code >= 400:
+            raise LabelStudioError(f"GET /api/projects/{project}: HTTP {r.status_code} {r.text[:200]}")
+        created = (r.json() or {}).get("created_at")
+        return created_stamp(created) if created else ""
 
     def labeled_tasks(self, project: str, page_size: int = 100, labeled_only: bool = True) -> Iterator[dict]:
         """Tasks of `project` that have annotations (all tasks if not `labeled_only`), each with `annotations`."""

@@ -141,18 +141,6 @@ def _is_smart(control) -> bool:
     return any(str(attr.get(k, "")).lower() == "true" for k in ("smart", "smartOnly", "smartonly"))
 
 
-def project_id(raw) -> str:
-    """LS sends the project as "<id>.<created unix ts>" to /setup and /predict, as an int or dict elsewhere."""
-    if isinstance(raw, dict):
-        raw = raw.get("id")
-    if isinstance(raw, bool) or raw is None:
-        raise ValueError("no project id")
-    pid = str(raw).split(".", 1)[0].strip()
-    if not pid.isdigit():
-        raise ValueError(f"bad project id {raw!r}")
-    return pid
-
-
 def task_expression(cfg: ProjectConfig, task: dict, context: Optional[dict] = None) -> Optional[str]:
     """The expression of a task: the TextArea text from an interactive `context` (or an annotation's result
     list), else the task data's <Text> value."""

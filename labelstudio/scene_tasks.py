@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from formats.image_source import is_tiff
-from formats.raster_reader import RasterReader, Window
+from formats.raster_reader import RasterReader, Window, window_starts
 from formats.stretch import parse_bands, parse_stretch
 
 from .chip_georef import DATA_KEY, ChipGeoref, scene_georef_from
@@ -69,23 +69,13 @@ class SceneTasksError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ the grid
-def chip_starts(n: int, chip: int, stride: int) -> List[int]:
-    """Window starts along one axis: every `stride` px, the last one flush with the end (one if n <= chip)."""
-    if n <= chip:
-        return [0]
-    starts = list(range(0, n - chip, stride))
-    if starts[-1] != n - chip:
-        starts.append(n - chip)
-    return starts
-
-
 def chip_windows(height: int, width: int, chip: int, overlap: int) -> List[Window]:
     """(row0, col0, h, w) of every chip, row-major; h, w = min(chip, scene side)."""
     if not 0 <= overlap < chip:
         raise SceneTasksError(f"invalid chip grid: chip {chip} px, overlap {overlap} px (0 <= overlap < chip)")
     h, w = min(chip, height), min(chip, width)
-    return [(r, c, h, w) for r in chip_starts(height, chip, chip - overlap)
-            for c in chip_starts(width, chip, chip - overlap)]
+    return [(r, c, h, w) for r in window_starts(height, chip, chip - overlap)
+            for c in window_starts(width, chip, chip - overlap)]
 
 
 def check_grid(chip: int, overlap: int) -> None:

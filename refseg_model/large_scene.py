@@ -53,7 +53,7 @@ import torch
 from PIL import Image
 
 from formats.georef import GeoReference
-from formats.raster_reader import STATS_MAX_SIDE, RasterReader
+from formats.raster_reader import STATS_MAX_SIDE, RasterReader, window_starts
 from formats.stretch import DEFAULT_STRETCH, Stretch, parse_bands
 
 from .modeling.refseg import ImageEmbedding
@@ -185,15 +185,6 @@ def predict_logits(predictor: RefSegPredictor, images: Sequence[np.ndarray], exp
     return out
 
 
-def _starts(n: int, size: int, stride: int) -> List[int]:
-    if n <= size:
-        return [0]
-    starts = list(range(0, n - size, stride))
-    if starts[-1] != n - size:
-        starts.append(n - size)
-    return starts
-
-
 # ------------------------------------------------------------------------------------------------ main entry
 
 
@@ -258,8 +249,8 @@ def predict_scene(
         if strategy == "tile":
             result.rois = [(0, 0, H, W)]
         if strategy in ("tile", "coarse"):
-            total = sum(len(_starts(b[2], min(tile, b[2]), max(1, int(tile * (1 - overlap))))) *
-                        len(_starts(b[3], min(tile, b[3]), max(1, int(tile * (1 - overlap)))))
+            total = sum(len(window_starts(b[2], min(tile, b[2]), max(1, int(tile * (1 - overlap))))) *
+                        len(window_starts(b[3], min(tile, b[3]), max(1, int(tile * (1 - overlap)))))
                         for b in result.rois)
             best = 0.0
             for box in result.rois:
@@ -293,7 +284,7 @@ def _tile_box(predictor, src: _Source, expression: str, box: Box, mask: np.ndarr
     th, tw = min(tile, bh), min(tile, bw)
     stride = max(1, int(tile * (1 - overlap)))
     ramp = max(1, tile - stride)
-    rows, cols = _starts(bh, th, stride), _starts(bw, tw, stride)
+    rows, cols = window_starts(bh, th, stride), window_starts(bw, tw, stride)
     wy, wx = feather_weights(th, ramp), feather_weights(tw, ramp)
     weight = wy[:, None] * wx[None, :]
     acc = np.zeros((th, bw), np.float32)

@@ -4,7 +4,7 @@ A recipe is data: `RECIPES` maps a name to a `Recipe` (TrainConfig field -> valu
 and what the recipe cannot set, with the reason). The command line applies it between TrainConfig's defaults and
 the user's explicit flags (explicit flags win) and prints what it set (`recipe_table`). Loss weights live in the
 model's config (`RefSegConfig.loss`), which exists only once the model is loaded, so they travel as
-`TrainConfig.loss_weights` and `train()` sets them on the loaded model (`refseg_model.train.apply_loss_weights`).
+`TrainConfig.loss_weights` and `train()` sets them on the loaded model (`refseg_model.recipes.apply_loss_weights`).
 
 rsrefseg2 -- the training configuration of RSRefSeg 2 (Chen et al., arXiv 2507.06231), as its released configs
 `configs_RSRefSeg2/{rrsisd,risbench,refsegrs}_training.py` set it (../shared/docs/model.md sections 1.3, 1.5,
@@ -37,8 +37,8 @@ from the paper's text.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -197,3 +197,24 @@ def recipe_table(recipe: Recipe, why: str, kwargs: Mapping[str, Any], overridden
     mine = sorted({flags.get(v, v) for v in overridden.values()})
     lines.append(f"  explicit flags overriding the recipe: {', '.join(mine) if mine else 'none'}")
     return "\n".join(lines)
+
+
+def apply_loss_weights(model, weights: Optional[Dict[str, float]]) -> Dict[str, Tuple[float, float]]:
+    """Set `weights` ({LossConfig field: weight}) on the loaded model's loss config, `model.cfg.loss`.
+
+    The hook through which a recipe sets the loss weights: they belong to the model's config (what
+    `refseg_loss` reads at every step), which exists only once `cfg.init` is loaded. The checkpoints this run
+    writes carry the config, so they record the weights they were trained with (and a fine-tune from one starts
+    with them). Returns {field: (old, new)} for the weights that changed; ValueError for an unknown field.
+    """
+    if not weights:
+        return {}
+    loss = model.cfg.loss
+    known = {f.name for f in fields(loss)}
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise ValueError(f"unknown loss weight(s) {unknown}; the model's loss config has {sorted(known)}")
+    new = {k: float(v) for k, v in weights.items()}
+    changed = {k: (float(getattr(loss, k)), v) for k, v in new.items() if float(getattr(loss, k)) != v}
+    model.cfg.loss = replace(loss, **new)
+    return changed

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -34,7 +34,10 @@ from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .curves import plot_history
 from .data.sources import FileSource, SynthSource, load_data_state, save_data_state, synth_val_samples
 from .device import cuda_index, resolve_device
+from .evaluate import quick_eval
 from .modeling.loss import refseg_loss
+from .recipes import apply_loss_weights
+from .schedule import lr_factor
 from .transforms import image_to_frame, mask_to_frame
 
 SYNTH_PREFIX = "synth:"
@@ -129,42 +132,6 @@ def collate(items, size: int, device: torch.device):
         valids.append(v)
         exprs.append(expr)
     return torch.stack(frames).to(device), torch.stack(targets).to(device), torch.stack(valids).to(device), exprs
-
-
-# ------------------------------------------------------------------------------------------- schedule
-def lr_factor(step: int, total: int, warmup_frac: float, min_ratio: float,
-              cosine_start_frac: Optional[float] = None, cosine_period_frac: Optional[float] = None) -> float:
-    """The lr multiplier at 0-based `step` of `total`: linear warm-up from 0.01 over `warmup_frac` of the steps,
-    then flat until `cosine_start_frac` of the steps (default: no flat part), then a cosine from 1 towards
-    `min_ratio` whose half-period T_max is `cosine_period_frac` of the steps (default: the rest of the run, so it
-    ends at `min_ratio`; longer, as in RSRefSeg 2's configs, and it never gets there)."""
-    warm = max(1, int(warmup_frac * total))
-    if step < warm:
-        return 0.01 + 0.99 * step / warm
-    start = warm if cosine_start_frac is None else max(warm, int(cosine_start_frac * total))
-    if step < start:
-        return 1.0
-    period = total - start if cosine_period_frac is None else cosine_period_frac * total
-    progress = (step - start) / max(1, period)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ----------------------------------------------------------------------------------------- evaluation
-def quick_eval(model, val, device, batch_size: int = 16) -> Dict[str, float]:
-    """Metrics on in-memory (image, mask, expression) triplets, through the predictor's code path."""
-    from formats.metrics import RefSegMetrics
-
-    from .predictor import RefSegPredictor
-
-    was_training = model.training
-    pred = RefSegPredictor(model, device=device, cache_size=0)
-    images = {str(i): img for i, (img, _, _) in enumerate(val)}
-    preds = pred.predict_many(images.__getitem__, [(str(i), e) for i, (_, _, e) in enumerate(val)], batch_size)
-    metrics = RefSegMetrics()
-    for (_, gt, _), p in zip(val, preds):
-        metrics.add(p.mask, gt)
-    model.train(was_training)
-    return metrics.compute()
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -360,27 +327,6 @@ def _prepare(cfg: TrainConfig) -> _Run:
     params, opt = _optimizer(model, cfg)
     return _Run(cfg, device, rank, world, model, base_version, version, src, val, total, steps_per_epoch, params,
                 opt)
-
-
-def apply_loss_weights(model, weights: Optional[Dict[str, float]]) -> Dict[str, Tuple[float, float]]:
-    """Set `weights` ({LossConfig field: weight}) on the loaded model's loss config, `model.cfg.loss`.
-
-    The hook through which a recipe sets the loss weights: they belong to the model's config (what
-    `refseg_loss` reads at every step), which exists only once `cfg.init` is loaded. The checkpoints this run
-    writes carry the config, so they record the weights they were trained with (and a fine-tune from one starts
-    with them). Returns {field: (old, new)} for the weights that changed; ValueError for an unknown field.
-    """
-    if not weights:
-        return {}
-    loss = model.cfg.loss
-    known = {f.name for f in fields(loss)}
-    unknown = sorted(set(weights) - known)
-    if unknown:
-        raise ValueError(f"unknown loss weight(s) {unknown}; the model's loss config has {sorted(known)}")
-    new = {k: float(v) for k, v in weights.items()}
-    changed = {k: (float(getattr(loss, k)), v) for k, v in new.items() if float(getattr(loss, k)) != v}
-    model.cfg.loss = replace(loss, **new)
-    return changed
 
 
 def _data(cfg: TrainConfig, size: int, rank: int, world: int):

@@ -14,6 +14,7 @@ import refseg_model.large_scene as ls
 from formats.georef import GeoReference
 from formats.geotiff_writer import write_geotiff
 from formats.raster import load_raster
+from formats.raster_reader import window_starts
 
 UTM = GeoReference((0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0), "EPSG:32633")
 
@@ -71,7 +72,7 @@ def test_tiling_merge_is_seam_free_and_exact(pixel_model):
         assert res.strategy == "tile" and res.mask.shape == img.shape[:2]
         assert np.array_equal(res.mask, img[..., 0] > 127.5)
         stride = int(tile * (1 - overlap))
-        n = len(ls._starts(900, tile, stride)) * len(ls._starts(1300, tile, stride))
+        n = len(window_starts(900, tile, stride)) * len(window_starts(1300, tile, stride))
         assert res.windows == n
     assert max(max(s) for call in pixel_model.calls for s in call) <= 300  # never the whole scene
 
@@ -88,7 +89,7 @@ def test_coarse_to_fine_refines_only_around_the_target(pixel_model):
     img[2000:2300, 700:1100, 0] = 255  # one target, visible in the overview
     res = ls.predict_scene(pixel_model, img, "the red field", strategy="coarse", tile=256)
     assert np.array_equal(res.mask, img[..., 0] > 127)
-    full = len(ls._starts(3000, 256, 192)) * len(ls._starts(2600, 256, 192))
+    full = len(window_starts(3000, 256, 192)) * len(window_starts(2600, 256, 192))
     assert 0 < res.windows < full / 10  # only windows over the ROI
     assert len(res.rois) == 1 and res.overview_factor == 2
     r0, c0, h, w = res.rois[0]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_support import segmentation_loss
 
 from refseg_model.build import (
     _VOCAB,
@@ -354,24 +355,6 @@ def synth64(tmp_path_factory) -> Path:
     return d
 
 
-def _mask_loss(model, data: Path) -> float:
-    """5 BCE + 5 Dice on the train split, eval mode."""
-    from formats.datasets.layouts import load_samples
-    from formats.datasets.sample_mask import load_sample_mask
-    from formats.images import load_image
-    from refseg_model.modeling.loss import refseg_loss
-    from refseg_model.train import collate
-
-    items = [(load_image(s.image), load_sample_mask(s), s.expression) for s in load_samples(str(data), "train")]
-    images, target, valid, exprs = collate(items, model.image_size, torch.device("cpu"))
-    tok = model.encoder.tokenize(exprs)
-    model.eval()
-    with torch.no_grad():
-        parts = refseg_loss(model, model(images, tok["input_ids"], tok["attention_mask"]), target, valid,
-                            model.cfg.loss)
-    return float(5 * parts["bce"] + 5 * parts["dice"])
-
-
 def test_tiny_sam2_trains_and_predicts(official, synth64, tmp_path, monkeypatch):
     """Fine-tune the SAM 2.1 model (published-format file, LoRA) with `train()`, then predict with the result."""
     from refseg_model.train import TrainConfig, train
@@ -380,7 +363,7 @@ def test_tiny_sam2_trains_and_predicts(official, synth64, tmp_path, monkeypatch)
     torch.manual_seed(5)
     init = save_checkpoint(build_model(_pretrained_tiny_cfg()), tmp_path / "init", "sam2-init")
     initial, _ = load_checkpoint(init)
-    before = _mask_loss(initial, synth64)
+    before = segmentation_loss(initial, synth64)
     frozen = initial.sam.image_encoder.trunk.blocks[0].attn.qkv.base_layer.weight.clone()
 
     out = tmp_path / "trained"
@@ -388,7 +371,7 @@ def test_tiny_sam2_trains_and_predicts(official, synth64, tmp_path, monkeypatch)
                                eval_every=15, augment=False, progress=False, threads=1, seed=0, resume=False))
     assert result.steps == 30 and result.version == "sam2-init-ft"
     last, _ = load_checkpoint(out.with_name(out.name + ".train") / "last")
-    assert _mask_loss(last, synth64) < before
+    assert segmentation_loss(last, synth64) < before
     assert torch.equal(last.sam.image_encoder.trunk.blocks[0].attn.qkv.base_layer.weight, frozen)  # base frozen
     assert not torch.equal(last.sam.no_mem_embed, initial.sam.no_mem_embed)  # trained, as in the paper
 

@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_support import segmentation_loss
 
 from formats.datasets.layouts import load_samples
-from formats.datasets.sample_mask import load_sample_mask
-from formats.images import load_image
 from refseg_model.checkpoint import load_checkpoint, load_model
 from refseg_model.data.synth import write_dataset
-from refseg_model.modeling.loss import refseg_loss
-from refseg_model.train import TrainConfig, collate, train
+from refseg_model.train import TrainConfig, train
 
 torch.set_num_threads(1)
 
@@ -46,19 +44,6 @@ def _env() -> dict:
     return env
 
 
-def _segmentation_loss(model, data: Path) -> float:
-    """5 BCE + 5 Dice (the paper's mask terms) of `model` on the whole train split, eval mode, no augmentation."""
-    samples = load_samples(str(data), "train")
-    items = [(load_image(s.image), load_sample_mask(s), s.expression) for s in samples]
-    images, target, valid, exprs = collate(items, model.image_size, torch.device("cpu"))
-    tok = model.encoder.tokenize(exprs)
-    model.eval()
-    with torch.no_grad():
-        parts = refseg_loss(model, model(images, tok["input_ids"], tok["attention_mask"]), target, valid,
-                            model.cfg.loss)
-    return float(5 * parts["bce"] + 5 * parts["dice"])
-
-
 def _state(out: Path) -> dict:
     return torch.load(out.with_name(out.name + ".train") / "state.pt", map_location="cpu", weights_only=True)
 
@@ -70,7 +55,7 @@ def test_tiny_training_lowers_loss_and_writes_checkpoint(tmp_path, data_dir):
                       eval_every=20, augment=False, progress=False, threads=1, seed=0, resume=False)
     torch.manual_seed(cfg.seed)  # train() seeds the same way before building the preset: the same initial weights
     initial, _ = load_model("preset:tiny")
-    before = _segmentation_loss(initial, data_dir)
+    before = segmentation_loss(initial, data_dir)
 
     result = train(cfg)
 
@@ -79,7 +64,7 @@ def test_tiny_training_lowers_loss_and_writes_checkpoint(tmp_path, data_dir):
     assert all("val_gIoU" in h and "loss" in h for h in result.history)
     # the final weights (resume state) fit the training data better than the initial ones
     last, _ = load_checkpoint(out.with_name("ckpt.train") / "last")
-    after = _segmentation_loss(last, data_dir)
+    after = segmentation_loss(last, data_dir)
     assert after < 0.8 * before, (before, after)
 
     # the selected checkpoint: a full `tiny` checkpoint with its provenance

@@ -8,7 +8,11 @@
    the "test" split. No "val" split is given to train(), so the held-out tasks never influence it.
 4. Train from the project's current checkpoint; evaluate current and new on the held-out tasks; promote if
    new gIoU >= current gIoU - FINETUNE_PROMOTE_TOLERANCE: the checkpoint moves (rename, atomic) to
-   MODEL_DIR/<project>/<version>, and the version is set in Redis, where every worker's next job sees it.
+   MODEL_DIR/<project key>/<version>, and the version is set in Redis, where every worker's next job sees it.
+
+The job carries the project's identity (labelstudio/identity.py): a job queued for another Label Studio fails
+with that reason, and one whose project Label Studio has re-created since (same id, another creation time) is
+skipped, so that no lineage trains on another project's annotations.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from formats.datasets.splits import stable_splits
 from jobs import finetune_state, stats
 from jobs.queues import enqueue_finetune
 from jobs.versions import new_version_name, next_finetune_number
+from labelstudio.identity import ProjectRef, created_stamp
 from labelstudio.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
 from labelstudio.samples import write_task_samples
 
@@ -33,8 +38,17 @@ class FinetuneSkipped(Exception):
     """Nothing to train on (yet): not a failure."""
 
 
-def run_finetune(rt, project: str, job_id: str) -> dict:
+def run_finetune(rt, project_job: dict, job_id: str) -> dict:
+    """The fine-tune job of the project `project_job` (ProjectRef.to_dict(), as queued)."""
+    from .jobs import foreign
+
     s = rt.settings
+    ref = ProjectRef.from_job(project_job)
+    refusal = foreign(rt, ref)
+    if refusal:
+        log.error("fine-tune job %s refused: %s", job_id, refusal)
+        raise RuntimeError(refusal)
+    project = ref.key
     if not finetune_state.start_finetune(rt.state, project, job_id, s.finetune_timeout_s + 600):
         log.info("project %s: another fine-tune is running; it will rerun after it finishes", project)
         return {"status": "deferred"}
@@ -43,7 +57,7 @@ def run_finetune(rt, project: str, job_id: str) -> dict:
     try:
         stats.set_finetune_status(rt.state, project, state="running", job=job_id, started=t0,
                                   step=0, steps=s.finetune_steps, loss=None, progress_at=None)
-        report = _finetune(rt, project, job_id)
+        report = _finetune(rt, ref, job_id)
         outcome = report["status"]
         return report
     except FinetuneSkipped as exc:
@@ -64,7 +78,7 @@ def run_finetune(rt, project: str, job_id: str) -> dict:
         successor = finetune_state.finish_finetune(rt.state, project, job_id)
         if successor:
             log.info("project %s: triggers arrived during the run: enqueueing %s", project, successor)
-            enqueue_finetune(rt.rq_conn, s, project, successor)
+            enqueue_finetune(rt.rq_conn, s, ref, successor)
 
 
 def _record_outcome(state, project: str, job_id: str, outcome: str, report: dict, seconds: float) -> None:
@@ -102,18 +116,18 @@ class ProgressReporter:
 
 
 def finetune_config(settings, data: Path, out: Path, init: str, version: str, on_progress=None):
-    """The training run of one fine-tune: FINETUNE_* settings, on the worker's DEVICE (cuda:1 stays cuda:1);
-    `on_progress` gets {"step", "steps", "loss"} after every step."""
+    """The training run of one fine-tune: FINETUNE_* settings, on TRAIN_DEVICE, else DEVICE (cuda:1 stays
+    cuda:1); `on_progress` gets {"step", "steps", "loss"} after every step."""
     from refseg_model.device import resolve_device
     from refseg_model.train import TrainConfig
 
     return TrainConfig(data=str(data), out=str(out), init=init, steps=settings.finetune_steps,
                        batch_size=settings.finetune_batch_size, lr=settings.finetune_lr, version=version,
-                       device=resolve_device(settings.device), progress=False, resume=False,
+                       device=resolve_device(settings.trainer_device), progress=False, resume=False,
                        eval_every=settings.finetune_steps, on_progress=on_progress)
 
 
-def _finetune(rt, project: str, job_id: str) -> dict:
+def _finetune(rt, ref: ProjectRef, job_id: str) -> dict:
     from formats.datasets.interchange import read_interchange
     from refseg_model.evaluate import evaluate_samples
     from refseg_model.predictor import RefSegPredictor, resolve_device
@@ -122,18 +136,25 @@ def _finetune(rt, project: str, job_id: str) -> dict:
     s = rt.settings
     if not rt.ls.configured:
         raise FinetuneSkipped("LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not set: cannot read annotations")
+    project = ref.key
+    info = rt.ls.project(ref.id) or {}
+    if info.get("created_at") and created_stamp(info["created_at"]) != ref.created:
+        raise FinetuneSkipped(f"Label Studio's project {ref.id} was created at {created_stamp(info['created_at'])}, "
+                              f"not at {ref.created} as the project this job was queued for (deleted and "
+                              "re-created, or another Label Studio at the same URL): its annotations are not this "
+                              "lineage's")
     try:
-        cfg = parse_label_config(rt.ls.project(project).get("label_config") or "")
+        cfg = parse_label_config(info.get("label_config") or "")
     except LabelConfigError as exc:
         raise FinetuneSkipped(f"label config: {exc}") from None
     current = rt.versions.current(project)
     n = next_finetune_number(rt.state, project)
-    version = new_version_name(rt.versions.base, project, n)
+    version = new_version_name(rt.versions.base, ref.id, n)
     project_dir = Path(s.model_dir) / project
     candidate = project_dir / f".candidate-{job_id}"
     work = Path(tempfile.mkdtemp(prefix=f"refseg-ft-{project}-"))
     try:
-        count = _write_dataset(rt, cfg, project, work)
+        count = _write_dataset(rt, cfg, ref, work)
         log.info("project %s: %d annotated task(s) -> fine-tuning %s from %s", project, count, version,
                  current.version)
         stats.set_finetune_status(rt.state, project, state="training", samples=count, version=version)
@@ -153,7 +174,7 @@ def _finetune(rt, project: str, job_id: str) -> dict:
                    f"({report['giou_delta']:+.4f} ± {'unknown' if se is None else f'{se:.4f}'} s.e.; better on "
                    f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)})")
         report["verdict"] = verdict
-        if new["gIoU"] + s.finetune_promote_tolerance < old["gIoU"]:
+        if not new["gIoU"] >= old["gIoU"] - s.finetune_promote_tolerance:  # NaN is worse, never promoted
             log.info("project %s: %s not promoted: %s", project, version, verdict)
             tolerance = f", tolerance {s.finetune_promote_tolerance:g}" if s.finetune_promote_tolerance else ""
             return {"status": "rejected", **report, "reason": f"worse than {current.version}{tolerance}: {verdict}"}
@@ -173,9 +194,10 @@ def _finetune(rt, project: str, job_id: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- data set
-def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
+def _write_dataset(rt, cfg: ProjectConfig, ref: ProjectRef, root: Path) -> int:
     """The project's annotated tasks as an interchange data set under `root` (labelstudio.samples, the path
     `refseg export` takes too), images rendered as predictions see them; held-out tasks are the "test" split."""
+    project = ref.id
     records, skipped = write_task_samples(rt.ls.labeled_tasks(project), cfg,
                                           lambda url, tid: rt.media.image(url, tid, project), root)
     for item in skipped:  # unreadable images and size mismatches are worth a look; unlabelled tasks are not
@@ -185,7 +207,7 @@ def _write_dataset(rt, cfg: ProjectConfig, project: str, root: Path) -> int:
         raise FinetuneSkipped(f"{len(records)} usable annotated task(s); need at least "
                               f"{rt.settings.finetune_min_annotations}")
     records.sort(key=lambda r: r["task"])
-    test = held_out_tasks(project, [r["task"] for r in records], rt.settings.finetune_holdout)
+    test = held_out_tasks(ref.key, [r["task"] for r in records], rt.settings.finetune_holdout)
     for r in records:
         r["split"] = "test" if r["task"] in test else "train"
     write_annotations(root, records)

@@ -26,6 +26,34 @@ CONFIG_POLYGON = """<View>
 </View>"""
 
 
+STAMP = 1712345678  # the creation time (unix s) the test projects have in the fake Label Studio
+
+
+def iso(stamp: int) -> str:
+    """A creation stamp as Label Studio's `created_at` (ISO 8601, UTC, microseconds)."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def uid(project: int, stamp: int = STAMP) -> str:
+    """The project as Label Studio sends it to /setup and /predict: "<id>.<created unix time>"."""
+    return f"{project}.{stamp}"
+
+
+def project_obj(project: int, stamp: int = STAMP) -> dict:
+    """The project object of a webhook payload (the part the backend reads)."""
+    return {"id": project, "title": f"p{project}", "created_at": iso(stamp)}
+
+
+def project_key(project: int, ls_url: str, stamp: int = STAMP) -> str:
+    """The key the backend keeps the project's state under (Redis, MODEL_DIR) when its LABEL_STUDIO_URL is
+    `ls_url`."""
+    from labelstudio.identity import ProjectRef, instance_id
+
+    return ProjectRef(str(project), str(stamp), instance_id(ls_url)).key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,6 +87,32 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+
+
+def wait_for_health(url: str, proc, log_path, what: str, timeout: float = 60, interval: float = 0.2) -> None:
+    """Wait until `url`/health answers 200; fail at once, with the log's tail, if `proc` exits first."""
+    from pathlib import Path
+
+    import requests
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited ({proc.returncode}): {Path(log_path).read_text()[-4000:]}")
+        try:
+            return requests.get(url + "/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(up, timeout, what, interval)
+
+
+def queues_idle(rq_conn) -> bool:
+    """No prediction job waiting or running (interactive and batch queues): whatever they deliver has arrived."""
+    from rq import Queue
+    from rq.registry import StartedJobRegistry
+
+    return all(Queue(q, connection=rq_conn).count == 0 and StartedJobRegistry(q, connection=rq_conn).count == 0
+               for q in ("interactive", "batch"))
 
 
 def save_sharpened_tiny(path, version: str) -> str:
@@ -143,14 +197,18 @@ def running_redis(directory):
         stop_processes([(proc, None)])
 
 
-def add_annotated_project(fake_ls, project: int, first_id: int, n: int) -> None:
-    """`n` labeled tasks in the fake Label Studio: synthetic images with one submitted brush annotation each."""
+def add_annotated_project(fake_ls, project: int, first_id: int, n: int, stamp: int = STAMP, masks=None) -> str:
+    """`n` labeled tasks in the fake Label Studio: synthetic images with one submitted brush annotation each
+    (the scene's bright block, or `masks(task id, image, block mask)` when given). Returns the project as Label
+    Studio sends it ("<id>.<created>")."""
     from labelstudio.brush import brush_region
 
-    fake_ls.projects[project] = {"id": project, "title": f"p{project}", "label_config": CONFIG_TEXT}
+    fake_ls.add_project(project, CONFIG_TEXT, iso(stamp))
     for k in range(n):
         tid = first_id + k
         img, mask = scene(tid)
+        if masks is not None:
+            mask = masks(tid, img, mask)
         path = f"/data/upload/{project}/t{tid}.png"
         fake_ls.files[path] = png(img)
         region = brush_region(mask, from_name="mask", to_name="image", label="target")
@@ -160,3 +218,4 @@ def add_annotated_project(fake_ls, project: int, first_id: int, n: int) -> None:
             "annotations": [{"id": tid * 10, "task": tid, "project": project, "was_cancelled": False,
                              "ground_truth": False, "updated_at": "2026-01-01T00:00:00Z", "result": [region]}],
         }
+    return uid(project, stamp)

@@ -11,8 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-import requests
-from backend_support import free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for
+from backend_support import free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for, wait_for_health
 from fake_ls import TOKEN, FakeLabelStudio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,15 +102,7 @@ def gunicorn_url(base_env, workers, tmp_root):
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {(tmp_root / 'gunicorn.log').read_text()}")
-        try:
-            return requests.get(url + "/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(up, 60, "gunicorn", 0.2)
+    wait_for_health(url, proc, tmp_root / "gunicorn.log", "gunicorn")
     yield url
     proc.terminate()
     proc.wait(15)

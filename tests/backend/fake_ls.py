@@ -14,10 +14,11 @@ PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"
 
 class FakeLabelStudio:
     def __init__(self) -> None:
-        self.projects = {}  # id -> {"id", "label_config"}
+        self.projects = {}  # id -> {"id", "label_config", "created_at"}
         self.tasks = {}  # id -> task dict (with "annotations")
         self.files = {}  # path (e.g. "/data/upload/1/a.png") -> bytes
         self.file_delay_s = 0.0  # a slow media server: makes "jobs still running" deterministic in tests
+        self.file_delay_prefix = {}  # path prefix -> seconds: only those files are slow
         self.project_delay_s = {}  # project id -> seconds GET /api/projects/<id> takes (a fine-tune job's first call)
         self.predictions = []  # bodies POSTed to /api/predictions
         self.requests = []  # (method, path)
@@ -49,7 +50,8 @@ class FakeLabelStudio:
                 if not self._authorized():
                     return self._send(401, {"detail": "Authentication credentials were not provided."})
                 if u.path in fake.files:
-                    time.sleep(fake.file_delay_s)
+                    time.sleep(max([fake.file_delay_s] + [d for p, d in list(fake.file_delay_prefix.items())
+                                                          if u.path.startswith(p)]))
                     return self._send(200, fake.files[u.path], "image/png")
                 parts = u.path.strip("/").split("/")
                 if parts[:2] == ["api", "projects"] and len(parts) == 3:
@@ -96,6 +98,11 @@ class FakeLabelStudio:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def add_project(self, project: int, label_config: str, created_at: str) -> None:
+        """A project as GET /api/projects/<id> shows it (`created_at`: ISO 8601, as Label Studio sends it)."""
+        self.projects[project] = {"id": project, "title": f"p{project}", "label_config": label_config,
+                                  "created_at": created_at}
 
     def close(self) -> None:
         self.server.shutdown()

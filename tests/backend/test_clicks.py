@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import requests
-from backend_support import png, scene
+from backend_support import png, scene, wait_for
 from label_studio_sdk.converter.brush import decode_rle
 
 from refseg_model.predictor import AnswerMemory
@@ -130,7 +130,9 @@ def test_click_jobs_use_the_interactive_queue(gunicorn_url, fake_ls, redis_url):
     task, _ = _task(fake_ls, 2103)
     r = _post(gunicorn_url, task, CONFIG_CLICKS, [kp(50.0, 50.0)])
     assert r.status_code == 200, r.text
-    assert get_queue(conn, INTERACTIVE).finished_job_registry.count == before[INTERACTIVE] + 1
+    # the answer travels through the hand-off key, before RQ files the job as finished: wait for that
+    wait_for(lambda: get_queue(conn, INTERACTIVE).finished_job_registry.count == before[INTERACTIVE] + 1, 10,
+             "the click job in the interactive queue's finished registry")
     assert get_queue(conn, BATCH).finished_job_registry.count == before[BATCH]
 
 

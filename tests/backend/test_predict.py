@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import requests
-from backend_support import CONFIG_POLYGON, CONFIG_TEXT, CONFIG_TEXTAREA, png, scene, wait_for
+from backend_support import CONFIG_POLYGON, CONFIG_TEXT, CONFIG_TEXTAREA, iso, png, queues_idle, scene, wait_for
 from label_studio_sdk.converter.brush import decode_rle
 
 
@@ -135,8 +135,15 @@ def test_refused_image_urls_fail_only_their_task(gunicorn_url, fake_ls):
     assert "error" not in results[3]
 
 
+def workers_redis(app):
+    import redis
+
+    return redis.Redis.from_url(app.app.config["SETTINGS"].redis_url)
+
+
 def test_late_batch_results_are_posted_to_label_studio(threaded_app, workers, fake_ls):
     app = threaded_app(PREDICT_BUDGET_S=0.3, BATCH_CHUNK_SIZE=1)
+    fake_ls.add_project(5, CONFIG_TEXT, iso(1))  # "5.1": late posts go to the project created at that time
     tasks, _ = _add_tasks(fake_ls, 5, 500, 12)
     body = {"tasks": tasks, "project": "5.1", "label_config": CONFIG_TEXT, "params": {"context": None}}
     fake_ls.file_delay_s = 0.25  # 12 one-task jobs on one worker take > 3 s: the 0.3 s budget cannot cover them
@@ -163,7 +170,7 @@ def test_late_batch_results_are_posted_to_label_studio(threaded_app, workers, fa
 
     posted = wait_for(lambda: (lambda p: p if len(p) >= len(pending) else None)(fake_ls.predictions_for(pending)),
                       60, "late predictions")
-    time.sleep(1.0)  # a duplicate post would arrive now
+    wait_for(lambda: queues_idle(workers_redis(app)), 60, "every job of both requests to end")  # no post after this
     posted = fake_ls.predictions_for([t["id"] for t in tasks])
     assert sorted(p["task"] for p in posted) == sorted(pending)  # exactly one per late task, none for the others
     for p in posted:

@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 import requests
-from backend_support import add_annotated_project, free_port, stop_processes, wait_for
+from backend_support import (
+    add_annotated_project,
+    free_port,
+    project_key,
+    project_obj,
+    stop_processes,
+    wait_for,
+    wait_for_health,
+)
 
 from jobs import stats
 
@@ -52,15 +60,7 @@ class StatusStack:
         self.procs.append((proc, fh))
         self.procs.append(self._worker("interactive,batch", {}, "worker-infer.log"))
 
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {(tmp / 'gunicorn.log').read_text()}")
-            try:
-                return requests.get(self.url + "/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, 60, "gunicorn", 0.2)
+        wait_for_health(self.url, proc, tmp / "gunicorn.log", "gunicorn")
 
     def _worker(self, queues: str, extra: dict, log: str):
         fh = open(self.tmp / log, "a")
@@ -89,11 +89,15 @@ class StatusStack:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def key(self, pid) -> str:
+        """The key of project `pid`'s state (Redis, MODEL_DIR) in this deployment."""
+        return project_key(pid, self.env["LABEL_STUDIO_URL"])
+
     def project(self, pid) -> dict:
         return next(p for p in self.status()["projects"] if p["id"] == str(pid))
 
     def start_training(self, pid) -> str:
-        r = requests.post(self.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": pid}},
+        r = requests.post(self.url + "/webhook", json={"action": "START_TRAINING", "project": project_obj(pid)},
                           auth=AUTH, timeout=5)
         assert r.status_code == 201, r.text
         return r.json()["finetune"]
@@ -207,7 +211,7 @@ def test_status_json_after_promoted_rejected_and_failed_fine_tunes(status_stack,
         assert isinstance(o["giou_new"], float) and isinstance(o["giou_current"], float) and o["finished_at"]
     rejected = p["outcomes"][1]
     assert rejected["parent"] == ft1 and rejected["reason"].startswith(f"worse than {ft1}, tolerance -1:")
-    assert not (Path(status_stack.env["MODEL_DIR"]) / str(PROJECT) / ft2).exists()
+    assert not (Path(status_stack.env["MODEL_DIR"]) / status_stack.key(PROJECT) / ft2).exists()
     # progress went through TrainConfig.on_progress into the fine-tune status; the last step is always written
     last = p["finetune"]["last_run"]
     assert last["state"] == "promoted" and last["step"] == last["steps"] == 2 and isinstance(last["loss"], float)
@@ -226,7 +230,7 @@ def test_status_html_marks_promoted_and_rejected_candidates(status_stack, finetu
     html = status_stack.get("/status").text
     ft = [f"tiny-test-p{PROJECT}-ft{n}" for n in (1, 2, 3)]
     assert f'<span class="serving" data-role="serving-version">{ft[2]}</span>' in html
-    assert f'<svg class="giou-plot" data-project="{PROJECT}"' in html
+    assert f'<svg class="giou-plot" data-project="{status_stack.key(PROJECT)}"' in html
     assert f'class="run promoted" data-version="{ft[0]}"' in html
     assert f'class="run rejected" data-version="{ft[1]}"' in html
     assert f'class="run promoted" data-version="{ft[2]}"' in html
@@ -311,7 +315,7 @@ def test_status_page_in_headless_chromium(status_stack, finetuned, tmp_path):
             assert response is not None and response.status == 200
             page.wait_for_load_state("networkidle")
 
-            section = page.locator(f"#project-{PROJECT}")
+            section = page.locator(f"#project-{status_stack.key(PROJECT)}")
             assert section.locator('[data-role="serving-version"]').inner_text() == f"tiny-test-p{PROJECT}-ft3"
             plot = section.locator("svg.giou-plot")
             assert plot.is_visible()

@@ -48,14 +48,16 @@ def test_a_late_post_under_an_older_version_does_not_hold_the_task(redis_url):
     (otherwise "Retrieve predictions" would answer a placeholder and nothing would deliver the new version)."""
     from backend.predict import PredictService
     from jobs.handoff import pending_key, posted_marker
+    from labelstudio.identity import ProjectRef
 
     state = redis.Redis.from_url(redis_url, decode_responses=True)
     service = PredictService(settings=None, rq_conn=state, state=state, versions=None, metrics=None)
-    state.set(pending_key("77", 1), posted_marker("v1"), ex=60)
-    state.set(pending_key("77", 2), posted_marker("v2"), ex=60)
+    project = ProjectRef("77", "1712345678", "0123456789")
+    state.set(pending_key(project.key, 1), posted_marker("v1"), ex=60)
+    state.set(pending_key(project.key, 2), posted_marker("v2"), ex=60)
     tasks = [{"id": 1}, {"id": 2}, {"id": 3}]
-    assert service._pending_jobs("77", tasks, "v2") == {2}
-    assert service._pending_jobs("77", tasks, "v1") == {1}
+    assert service._pending_jobs(project, tasks, "v2") == {2}
+    assert service._pending_jobs(project, tasks, "v1") == {1}
 
 
 def test_held_out_tasks_keep_their_side_as_the_project_grows():

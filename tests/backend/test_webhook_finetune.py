@@ -6,7 +6,7 @@ import time
 import numpy as np
 import redis
 import requests
-from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
+from backend_support import CONFIG_TEXT, add_annotated_project, png, project_key, project_obj, scene, uid, wait_for
 from label_studio_sdk.converter.brush import decode_rle
 
 from jobs import finetune_state
@@ -15,18 +15,19 @@ from jobs import finetune_state
 def _annotation_event(action: str, project: int, ann_id: int = 1) -> dict:
     return {"action": action, "annotation": {"id": ann_id, "result": [], "was_cancelled": False, "task": 1,
                                              "project": project},
-            "project": {"id": project, "title": "x", "label_config": CONFIG_TEXT}, "task": {"id": 1, "data": {}}}
+            "project": {**project_obj(project), "label_config": CONFIG_TEXT}, "task": {"id": 1, "data": {}}}
 
 
 def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, fake_ls, local_predictor,
                                                                  redis_url):
     add_annotated_project(fake_ls, 7, 700, 5)
-    setup = {"project": "7.1712345678", "schema": CONFIG_TEXT, "hostname": fake_ls.url, "access_token": "x"}
+    setup = {"project": uid(7), "schema": CONFIG_TEXT, "hostname": fake_ls.url, "access_token": "x"}
     before = requests.post(gunicorn_url + "/setup", json=setup).json()["model_version"]
     assert before == "tiny-test"
 
     t0 = time.monotonic()
-    r = requests.post(gunicorn_url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}, timeout=5)
+    r = requests.post(gunicorn_url + "/webhook", json={"action": "START_TRAINING", "project": project_obj(7)},
+                      timeout=5)
     assert time.monotonic() - t0 < 1.0  # LS waits for webhooks with a 1 s timeout (benchmarks/web_stack.py times it)
     assert r.status_code == 201 and r.json()["finetune"] == "enqueued"
 
@@ -37,14 +38,15 @@ def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, 
     version = wait_for(promoted, 240, "the fine-tuned version", 0.5)
     assert version == "tiny-test-p7-ft1"
     state = redis.Redis.from_url(redis_url, decode_responses=True)
-    checkpoint = state.hget("refseg:project:7:model", "checkpoint")
-    assert checkpoint.endswith("/7/tiny-test-p7-ft1")
+    key = project_key(7, fake_ls.url)
+    checkpoint = state.hget(f"refseg:project:{key}:model", "checkpoint")
+    assert checkpoint.endswith(f"/{key}/tiny-test-p7-ft1")
 
     # "Retrieve predictions" now runs on the new version, in the inference worker (hot reload, no restart)
     img, _ = scene(7001)
     fake_ls.files["/data/upload/7/new.png"] = png(img)
     body = {"tasks": [{"id": 7001, "data": {"image": "/data/upload/7/new.png", "expression": "the bright block"}}],
-            "project": "7.1712345678", "label_config": CONFIG_TEXT, "params": {"context": None}}
+            "project": uid(7), "label_config": CONFIG_TEXT, "params": {"context": None}}
     [res] = requests.post(gunicorn_url + "/predict", json=body, timeout=60).json()["results"]
     assert res["model_version"] == version
     from refseg_model.predictor import RefSegPredictor
@@ -60,12 +62,12 @@ def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, 
 
     metrics = requests.get(gunicorn_url + "/metrics").text
     assert 'refseg_finetune_runs_total{outcome="promoted"}' in metrics
-    assert f'refseg_model_version_info{{project="7",version="{version}"}} 1.0' in metrics
-    assert 'refseg_finetune_last_giou{model="new",project="7"}' in metrics
+    assert f'refseg_model_version_info{{project="{key}",version="{version}"}} 1.0' in metrics
+    assert f'refseg_finetune_last_giou{{model="new",project="{key}"}}' in metrics
 
 
 def test_annotation_webhooks_count_and_deduplicate(gunicorn_url, fake_ls, redis_url):
-    fake_ls.projects[8] = {"id": 8, "title": "p8", "label_config": CONFIG_TEXT}  # no annotations: runs skip
+    add_annotated_project(fake_ls, 8, 800, 0)  # no annotations: runs skip
     # each run takes >= 3 s, so the triggers below provably meet a queued or running job (without the delay a
     # run that skips can finish between two POSTs, and a new trigger then rightly enqueues a fresh job)
     fake_ls.project_delay_s[8] = 3.0
@@ -76,11 +78,11 @@ def test_annotation_webhooks_count_and_deduplicate(gunicorn_url, fake_ls, redis_
     assert outcomes == ["not-due", "not-due"]  # TRAIN_EVERY_N_ANNOTATIONS=3
     third = post(_annotation_event("ANNOTATION_UPDATED", 8, 3)).json()["finetune"]
     assert third == "enqueued"
-    again = [post({"action": "START_TRAINING", "project": {"id": 8}}).json()["finetune"] for _ in range(3)]
+    again = [post({"action": "START_TRAINING", "project": project_obj(8)}).json()["finetune"] for _ in range(3)]
     assert set(again) <= {"already-queued", "rerun-requested"}
 
     def idle():
-        s = finetune_state.status(state, "8")
+        s = finetune_state.status(state, project_key(8, fake_ls.url))
         return s if not s["queued"] and not s["running"] and not s["rerun_requested"] else None
 
     wait_for(idle, 120, "fine-tune jobs of project 8 to finish", 0.3)
@@ -88,9 +90,74 @@ def test_annotation_webhooks_count_and_deduplicate(gunicorn_url, fake_ls, redis_
     assert 'refseg_finetune_runs_total{outcome="skipped"}' in ft
 
     # other actions are acknowledged and ignored; cancelled annotations do not count; junk is a 400
-    assert post({"action": "TASKS_DELETED", "tasks": [{"id": 1}], "project": {"id": 8}}).json()["status"] == "ignored"
+    assert post({"action": "TASKS_DELETED", "tasks": [{"id": 1}], "project": project_obj(8)}).json()["status"] == "ignored"
     cancelled = _annotation_event("ANNOTATION_CREATED", 8)
     cancelled["annotation"]["was_cancelled"] = True
     assert post(cancelled).json()["status"] == "ignored"
     assert requests.post(gunicorn_url + "/webhook", data=b"not json", timeout=5).status_code == 400
     assert post({"action": "START_TRAINING"}).status_code == 400
+
+
+def _promoted_version(url: str, project: str, before: str, timeout: float = 240) -> str:
+    def promoted():
+        v = requests.post(url + "/setup", json={"project": project, "schema": CONFIG_TEXT}, timeout=5).json()[
+            "model_version"]
+        return v if v != before else None
+
+    return wait_for(promoted, timeout, f"a version after {before}", 0.5)
+
+
+def test_a_second_finetune_trains_from_the_first_ones_checkpoint(gunicorn_url, fake_ls, redis_url):
+    import json
+    from pathlib import Path
+
+    project = add_annotated_project(fake_ls, 97, 9700, 4)
+    key = project_key(97, fake_ls.url)
+    train = {"action": "START_TRAINING", "project": project_obj(97)}
+    assert requests.post(gunicorn_url + "/webhook", json=train, timeout=5).json()["finetune"] == "enqueued"
+    first = _promoted_version(gunicorn_url, project, "tiny-test")
+    assert requests.post(gunicorn_url + "/webhook", json=train, timeout=5).json()["finetune"] == "enqueued"
+    second = _promoted_version(gunicorn_url, project, first)
+    assert (first, second) == ("tiny-test-p97-ft1", "tiny-test-p97-ft2")
+
+    # lineage in Redis: ft2's parent is ft1, whose parent is the base model
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    history = [json.loads(x) for x in state.lrange(f"refseg:project:{key}:history", 0, -1)]
+    assert [(h["version"], h["parent"]) for h in history] == [(second, first), (first, "tiny-test")]
+    assert state.hget(f"refseg:project:{key}:model", "parent") == first
+    # and on disk: both checkpoints under MODEL_DIR/<key>/, ft2 trained from ft1's weights
+    ckpt1, ckpt2 = Path(history[1]["checkpoint"]), Path(history[0]["checkpoint"])
+    assert ckpt1.parent == ckpt2.parent and ckpt1.parent.name == key and ckpt1.is_dir() and ckpt2.is_dir()
+    meta2 = json.loads((ckpt2 / "config.json").read_text())["metadata"]
+    assert meta2["base"] == first and Path(meta2["train"]["init"]) == ckpt1
+    meta1 = json.loads((ckpt1 / "config.json").read_text())["metadata"]
+    assert meta1["base"] == "tiny-test"
+
+
+def test_a_trigger_that_meets_an_undecided_job_is_rechecked_and_trains(gunicorn_url, fake_ls, redis_url):
+    """The project's `running` marker names a started fine-tune whose worker nobody has heard from (its
+    liveness key missing: a crash, or a worker that has not refreshed since a Redis restart). For the first 8 s
+    its liveness is undecided: the trigger is not dropped but re-checked by a job, which trains once the job is
+    judged dead."""
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from labelstudio.identity import ProjectRef
+
+    project = add_annotated_project(fake_ls, 98, 9800, 4)
+    key = project_key(98, fake_ls.url)
+    rq_conn = redis.Redis.from_url(redis_url)
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    ghost = Job.create("workers.jobs.finetune_project", kwargs={"project": ProjectRef.from_key(key).to_dict()},
+                       connection=rq_conn, serializer=JSONSerializer, id=f"finetune-{key}-ghost")
+    ghost.worker_name = "ghost-worker-98"  # never refreshed a liveness key
+    ghost.save()
+    ghost.set_status(JobStatus.STARTED)
+    state.set(f"refseg:project:{key}:train:running", ghost.id, ex=600)
+
+    train = {"action": "START_TRAINING", "project": project_obj(98)}
+    r = requests.post(gunicorn_url + "/webhook", json=train, timeout=5)
+    assert r.status_code == 201 and r.json()["finetune"] == "recheck-scheduled", r.text
+    version = _promoted_version(gunicorn_url, project, "tiny-test")
+    assert version == "tiny-test-p98-ft1"
+    assert state.get(f"refseg:project:{key}:train:running") is None

@@ -18,27 +18,21 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from e2e_support import (
     E2E_HELP,
-    INTERACTIVE_TIMEOUT_S,
     LS_VERSION,
-    ML_TIMEOUT_PREDICT,
-    PREDICT_BUDGET_S,
+    PY,
     ROOT,
-    TOKEN,
-    free_port,
+    Backend,
+    backend_env as make_backend_env,
+    label_studio_server,
     running_redis,
     save_sharpened_tiny,
-    stop_processes,
-    wait_for,
+    tail,
 )
-
-PY = sys.executable
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,13 +43,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("e2e") is not None:
             item.add_marker(skip)
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
 
 
 def _unavailable(reason: str):
@@ -87,7 +74,7 @@ def ensure_ls_venv() -> Path:
             except subprocess.TimeoutExpired:
                 _unavailable(f"installing label-studio=={LS_VERSION} timed out (log: {log})")
             if r.returncode != 0:
-                errors = [ln for ln in _tail(log, 20000).splitlines() if "ERROR" in ln or "rror:" in ln]
+                errors = [ln for ln in tail(log, 20000).splitlines() if "ERROR" in ln or "rror:" in ln]
                 _unavailable(f"cannot install label-studio=={LS_VERSION} into {venv} (no access to PyPI?): "
                              f"{(errors or ['see ' + str(log)])[-1][:300]}")
     r = subprocess.run([str(venv / "bin" / "python"), "-c", "import label_studio; print(label_studio.__version__)"],
@@ -111,100 +98,18 @@ def ls_venv():
 
 @pytest.fixture(scope="session")
 def docroot(e2e_root):
-    """LS's LOCAL_FILES_DOCUMENT_ROOT; the tests put their images in docroot/ds (a local-files storage)."""
+    """LS's LOCAL_FILES_DOCUMENT_ROOT; the tests put their images in docroot/ds (a local-files storage) and
+    docroot/scenes (scene chips)."""
     d = e2e_root / "docroot"
     (d / "ds").mkdir(parents=True)
     return d
 
 
-class LabelStudio:
-    def __init__(self, url: str, token: str, log: Path) -> None:
-        self.url, self.log = url, log
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
-
-    def api(self, method: str, path: str, expect=(200, 201, 204), timeout: float = 120, **kw):
-        r = self.session.request(method, self.url + path, timeout=timeout, **kw)
-        if r.status_code not in expect:
-            raise AssertionError(f"{method} {path}: HTTP {r.status_code} {r.text[:500]}\nLS log:\n{_tail(self.log, 3000)}")
-        return r.json() if r.content and "json" in r.headers.get("content-type", "") else r
-
-    def get(self, path, **kw):
-        return self.api("GET", path, **kw)
-
-    def post(self, path, **kw):
-        return self.api("POST", path, **kw)
-
-
-def _ls_env(data: Path, docroot: Path, home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "DJANGO", "ML_"))}
-    env.update({
-        "LATEST_VERSION_CHECK": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-        "USE_DEFAULT_BANNED_SUBNETS": "false",  # else LS refuses a backend on 127.0.0.1 (and its webhook)
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(docroot),
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "ML_TIMEOUT_PREDICT": str(ML_TIMEOUT_PREDICT),
-        "HOME": str(home), "PYTHONUNBUFFERED": "1",
-    })
-    return env
-
-
-def _start_ls(venv: Path, data: Path, env: dict, port: int, log: Path):
-    """Start LS and wait for /health; returns the process (and the seconds it took)."""
-    url = f"http://127.0.0.1:{port}"
-    fh = log.open("a")
-    proc = subprocess.Popen(
-        [str(venv / "bin" / "label-studio"), "start", "--data-dir", str(data), "--internal-host", "127.0.0.1",
-         "--host", url, "-p", str(port), "--username", "admin@example.com", "--password", "pass12345",
-         "--user-token", TOKEN, "--enable-legacy-api-token", "--no-browser"],
-        env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=data.parent)
-    fh.close()
-
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"label-studio exited ({proc.returncode}):\n{_tail(log)}")
-        try:
-            return requests.get(url + "/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    t0 = time.monotonic()
-    try:
-        # a first start migrates a fresh SQLite database: ~20 s on an idle 2-core machine, minutes on a busy one
-        wait_for(up, float(os.environ.get("REFSEG_E2E_LS_START_S", "900")), "Label Studio /health", 0.5)
-    except BaseException:
-        stop_processes([(proc, None)])
-        raise
-    return proc, time.monotonic() - t0
-
-
 @pytest.fixture(scope="session")
 def label_studio(ls_venv, e2e_root, docroot):
-    """A running LS on a throwaway data dir. The data dir starts as a copy of a template made by the first
-    run (a migrated database with the admin user, its org and the fixed legacy token; `.e2e/ls-template-*`),
-    which cuts the start from the full migration to a restart."""
-    data = e2e_root / "ls-data"
-    template = ls_venv.parent / f"ls-template-{LS_VERSION}"
-    env = _ls_env(data, docroot, e2e_root / "ls-home")
-    log = e2e_root / "label-studio.log"
-    if not (template / ".complete").exists():
-        data.mkdir()
-        proc, seconds = _start_ls(ls_venv, data, env, free_port(), log)
-        print(f"\n[e2e] Label Studio {LS_VERSION}: first start (migrations) in {seconds:.1f} s")
-        stop_processes([(proc, None)])
-        shutil.rmtree(template, ignore_errors=True)
-        shutil.copytree(data, template)
-        (template / ".complete").write_text(LS_VERSION)
-        shutil.rmtree(data)
-    shutil.copytree(template, data, ignore=shutil.ignore_patterns(".complete"))
-    port = free_port()
-    proc, seconds = _start_ls(ls_venv, data, env, port, log)
-    print(f"\n[e2e] Label Studio {LS_VERSION} up on 127.0.0.1:{port} in {seconds:.1f} s")
-    try:
-        ls = LabelStudio(f"http://127.0.0.1:{port}", TOKEN, log)
-        ls.get("/api/projects")  # the fixed legacy token works
+    """The session's Label Studio (legacy token), for the tests that need no Label Studio of their own."""
+    with label_studio_server(ls_venv, e2e_root, docroot, "label-studio") as ls:
         yield ls
-    finally:
-        stop_processes([(proc, None)])
 
 
 @pytest.fixture(scope="session")
@@ -220,61 +125,57 @@ def redis_url(e2e_root):
 
 @pytest.fixture(scope="session")
 def backend_env(e2e_root, redis_url, tiny_checkpoint, label_studio):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "BASIC_AUTH", "REFSEG"))}
-    env.update({
-        "REDIS_URL": redis_url, "REFSEG_MODEL": tiny_checkpoint, "MODEL_DIR": str(e2e_root / "models"),
-        "DEVICE": "cpu", "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": TOKEN,
-        # images are downloaded from LS (/data/local-files/ with the token), as from a remote LS
-        "PREDICT_BUDGET_S": str(PREDICT_BUDGET_S), "INTERACTIVE_TIMEOUT_S": str(INTERACTIVE_TIMEOUT_S),
-        "BATCH_CHUNK_SIZE": "1",
-        "TRAIN_EVERY_N_ANNOTATIONS": "0", "FINETUNE_STEPS": "3", "FINETUNE_BATCH_SIZE": "2",
-        "FINETUNE_MIN_ANNOTATIONS": "2", "FINETUNE_PROMOTE_TOLERANCE": "1.0",  # promote whatever 3 steps give
-        "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-    })
-    return env
+    return make_backend_env(redis_url=redis_url, checkpoint=tiny_checkpoint, model_dir=e2e_root / "models",
+                            ls_url=label_studio.url)
 
 
 @pytest.fixture(scope="session")
-def backend_url(backend_env, redis_url, e2e_root):
-    """Workers + gunicorn, stopped by PID at the end."""
-    import redis
-    from rq import Worker
-
-    procs = []
-    logs = {}
-
-    def start(name, cmd):
-        logs[name] = e2e_root / f"{name}.log"
-        fh = logs[name].open("w")
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=backend_env, stdout=fh, stderr=subprocess.STDOUT), fh))
-
+def backend(backend_env, e2e_root):
+    """The session's backend (workers + gunicorn) on the session's Label Studio, stopped by PID at the end."""
+    b = Backend(backend_env, e2e_root).start()
     try:
-        start("worker-infer", [PY, "-m", "workers.worker", "--queues", "interactive,batch", "--threads", "1"])
-        start("worker-train", [PY, "-m", "workers.worker", "--queues", "train", "--threads", "1"])
-        port = free_port()
-        start("gunicorn", [PY, "-m", "gunicorn", "--workers", "1", "--threads", "16", "--timeout", "120",
-                           "-b", f"127.0.0.1:{port}", "_wsgi:app"])
-        url = f"http://127.0.0.1:{port}"
-        conn = redis.Redis.from_url(redis_url)
-
-        def up():
-            for (p, _), name in zip(procs, logs):
-                if p.poll() is not None:
-                    raise AssertionError(f"{name} exited:\n{_tail(logs[name])}")
-            if len(Worker.all(connection=conn)) < 2:
-                return False
-            try:
-                return requests.get(url + "/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, 180, "backend (RQ workers + gunicorn)", 0.3)
-        yield url
+        yield b
     finally:
-        stop_processes(procs)
+        b.stop()
 
 
 @pytest.fixture(scope="session")
-def backend_logs(e2e_root):
-    return lambda: "\n".join(f"--- {n}\n{_tail(e2e_root / (n + '.log'), 2500)}"
-                             for n in ("gunicorn", "worker-infer", "worker-train"))
+def backend_url(backend):
+    return backend.url
+
+
+@pytest.fixture(scope="session")
+def backend_logs(backend):
+    return backend.logs
+
+
+@pytest.fixture(scope="session")
+def synth_samples(e2e_root, docroot):
+    """Synthetic 128 px scenes, 3 expressions each (126 samples), in docroot/ds: {"url" (local files), "path",
+    "expression", "image", "mask"}."""
+    from formats.datasets.interchange import read_interchange
+    from formats.datasets.sample_mask import load_sample_mask
+    from formats.images import load_image
+    from refseg_model.data.synth import write_dataset
+
+    synth = e2e_root / "synth"
+    write_dataset(synth, n_images=42, size=128, seed=5, expressions_per_image=3, progress=False)
+    out = []
+    for s in read_interchange(synth):
+        dst = docroot / "ds" / Path(s.image).name
+        if not dst.exists():
+            shutil.copyfile(s.image, dst)
+        out.append({"url": f"/data/local-files/?d=ds/{dst.name}", "path": dst, "expression": s.expression,
+                    "image": load_image(dst), "mask": load_sample_mask(s)})
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_model(tiny_checkpoint):
+    """The model as the workers run it (same weights, 1 thread: identical arithmetic)."""
+    import torch
+
+    from refseg_model.predictor import RefSegPredictor
+
+    torch.set_num_threads(1)
+    return RefSegPredictor.from_spec(tiny_checkpoint, device="cpu")

@@ -4,164 +4,65 @@
 2. "Retrieve predictions" -> exactly one brush prediction per task with our model version, decoding (SDK) to
    the mask the model gives in this process for that task;
 3. a batch that outlasts LS's /predict timeout still ends with one prediction per task (late results are
-   POSTed to /api/predictions by the workers), and retrieving again stores nothing twice;
+   POSTed to /api/predictions by the workers), and retrieving again stores nothing twice; some of its images
+   come from a server that holds them until the retrieve call has returned, so results arrive late whatever
+   the machine's speed;
 4. an interactive request with a typed expression returns the mask;
 5. submitted annotations + POST /api/ml/{id}/train -> a new model version; predictions retrieved afterwards
    carry it;
 6. `refseg export` (ls:PROJECT and LS's own JSON export) gives back the submitted masks and expressions.
-The tests run in file order and share state (one LS, one backend); a failed step fails the later ones.
+The tests run in file order and share state (one LS, one backend); a failed step fails the later ones. No fixed
+sleeps: "nothing else arrives" is checked once the prediction queues are idle (e2e_support.wait_settled).
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_support import ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, wait_for
-from label_studio_sdk.converter.brush import decode_rle
+from e2e_flow import (
+    by_task as _by_task,
+    check_prediction as _check_prediction,
+    connect as _connect,
+    create_project,
+    created_stamp,
+    decode as _decode,
+    expected as _expected,
+    metric as _metric,
+    ml_version as _ml_version,
+    predictions as _predictions,
+    retrieve as _retrieve,
+)
+from e2e_support import ML_TIMEOUT_PREDICT, PREDICT_BUDGET_S, ImageServer, checkpoint_dir, wait_for, wait_settled
 
 from labelstudio.brush import brush_region
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <Text name="expr" value="$expression"/>
-  <TextArea name="prompt" toName="image" editable="true" rows="2" maxSubmissions="1" showSubmitButton="true"/>
-  <BrushLabels name="mask" toName="image"><Label value="target" background="#ff0000"/></BrushLabels>
-</View>"""
 N_SMALL = 6  # project A: predictions, interactive, annotations, training, export
 N_BIG = 60  # project B: one "Retrieve predictions" that outlasts ML_TIMEOUT_PREDICT
+HELD_EVERY = 6  # project B: every 6th task's image comes from a server that holds it until /predict has answered
 N_ANNOTATED = 4
 S: dict = {}  # state shared by the steps
 
 
-def _decode(region: dict) -> np.ndarray:
-    h, w = region["original_height"], region["original_width"]
-    flat = decode_rle(region["value"]["rle"])
-    assert flat.size == h * w * 4, f"RLE decodes to {flat.size} values, expected {h}x{w}x4"
-    return flat.reshape(h, w, 4)[:, :, 3] > 0
+@pytest.fixture(scope="module")
+def data(synth_samples):
+    assert len(synth_samples) >= N_SMALL + N_BIG
+    return synth_samples
 
 
 @pytest.fixture(scope="module")
-def data(e2e_root, docroot):
-    """Synthetic 128 px scenes (3 expressions each) in the local-files storage folder docroot/ds."""
-    from formats.datasets.interchange import read_interchange
-    from formats.datasets.sample_mask import load_sample_mask
-    from formats.images import load_image
-    from refseg_model.data.synth import write_dataset
-
-    synth = e2e_root / "synth"
-    write_dataset(synth, n_images=(N_SMALL + N_BIG + 2) // 3, size=128, seed=5, expressions_per_image=3,
-                  progress=False)
-    out = []
-    for s in read_interchange(synth):
-        dst = docroot / "ds" / Path(s.image).name
-        if not dst.exists():
-            shutil.copyfile(s.image, dst)
-        out.append({"url": f"/data/local-files/?d=ds/{dst.name}", "expression": s.expression,
-                    "image": load_image(dst), "mask": load_sample_mask(s)})
-    assert len(out) >= N_SMALL + N_BIG
-    return out
-
-
-@pytest.fixture(scope="module")
-def local_model(tiny_checkpoint):
-    """The model as the workers run it (same weights, 1 thread: identical arithmetic)."""
-    import torch
-
-    from refseg_model.predictor import RefSegPredictor
-
-    torch.set_num_threads(1)
-    return RefSegPredictor.from_spec(tiny_checkpoint, device="cpu")
+def image_server(docroot):
+    server = ImageServer(docroot)
+    yield server
+    server.close()
 
 
 def _create_project(ls, title: str, samples, docroot) -> dict:
-    project = ls.post("/api/projects", json={"title": title, "label_config": CONFIG})
-    pid = project["id"]
-    ls.post("/api/storages/localfiles", json={"project": pid, "title": "images", "path": str(docroot / "ds"),
-                                              "use_blob_urls": False})
-    r = ls.post(f"/api/projects/{pid}/import",
-                json=[{"data": {"image": s["url"], "expression": s["expression"]}} for s in samples])
-    assert r["task_count"] == len(samples)
-    tasks = _tasks(ls, pid)
-    assert len(tasks) == len(samples)
-    by_url_expr = {(s["url"], s["expression"]): s for s in samples}
-    return {"id": pid, "tasks": {t["id"]: by_url_expr[(t["data"]["image"], t["data"]["expression"])] for t in tasks}}
-
-
-def _tasks(ls, pid: int) -> list:
-    out, page = [], 1
-    while True:
-        body = ls.get("/api/tasks", params={"project": pid, "page": page, "page_size": 100})
-        out += body["tasks"]
-        if len(out) >= body["total"] or not body["tasks"]:
-            return out
-        page += 1
-
-
-def _connect(ls, pid: int, backend_url: str) -> dict:
-    ml = ls.post("/api/ml", json={"url": backend_url, "project": pid, "title": "refseg-assist", "is_interactive": True})
-    assert ml["state"] == "CO", ml
-    return ml
-
-
-def _predictions(ls, pid: int) -> list:
-    return ls.get("/api/predictions", params={"project": pid})
-
-
-def _by_task(preds) -> dict:
-    out = {}
-    for p in preds:
-        out.setdefault(p["task"], []).append(p)
-    return out
-
-
-def _retrieve(ls, pid: int) -> float:
-    t0 = time.monotonic()
-    ls.post("/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-            json={"selectedItems": {"all": True, "excluded": []}}, timeout=ML_TIMEOUT_PREDICT * 4 + 60)
-    return time.monotonic() - t0
-
-
-def _ml_version(ls, pid: int) -> str:
-    """GET /api/ml?project= makes LS call the backend's /health + /setup and store the version it reports."""
-    [ml] = ls.get("/api/ml", params={"project": pid})
-    return ml["model_version"]
-
-
-def _check_prediction(pred: dict, sample: dict, expected, version: str) -> None:
-    assert pred["model_version"] == version
-    h, w = sample["image"].shape[:2]
-    if not expected.mask.any():
-        assert pred["result"] == []
-        return
-    [region] = pred["result"]
-    assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
-    assert region["value"]["brushlabels"] == ["target"]
-    assert (region["original_height"], region["original_width"]) == (h, w)
-    mask = _decode(region)
-    assert mask.shape == (h, w)
-    np.testing.assert_array_equal(mask, expected.mask)
-    assert abs(pred["score"] - expected.score) < 1e-4
-
-
-def _expected(model, sample):
-    [p] = model.predict_many(lambda i: sample["image"], [(0, sample["expression"])])
-    return p
-
-
-def _metric(backend_url: str, name: str, label: str) -> float:
-    import requests
-
-    text = requests.get(backend_url + "/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith(name) and label in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return create_project(ls, title, samples, docroot / "ds")
 
 
 # ------------------------------------------------------------------------------------------------------- steps
@@ -176,12 +77,13 @@ def test_project_and_backend_connected(label_studio, backend_url, data, docroot)
     assert S["base_version"] == "tiny-e2e"
 
 
-def test_retrieve_predictions_stores_one_brush_prediction_per_task(label_studio, backend_url, local_model):
+def test_retrieve_predictions_stores_one_brush_prediction_per_task(label_studio, backend_url, redis_url,
+                                                                   local_model):
     ls, A = label_studio, S["A"]
     seconds = _retrieve(ls, A["id"])
-    preds = wait_for(lambda: (lambda p: p if len(p) >= N_SMALL else None)(_predictions(ls, A["id"])), 120,
-                     "one prediction per task", 0.5)
-    time.sleep(1.0)  # nothing else may arrive
+    # every task has a prediction and no prediction job is left that could store another one
+    preds = wait_settled(redis_url, lambda: (lambda p: p if len(p) >= N_SMALL else None)(_predictions(ls, A["id"])),
+                         120, "one prediction per task, prediction queues idle")
     by_task = _by_task(_predictions(ls, A["id"]))
     assert sorted(by_task) == sorted(A["tasks"]), "a prediction per task, for these tasks only"
     for tid, sample in A["tasks"].items():
@@ -193,33 +95,53 @@ def test_retrieve_predictions_stores_one_brush_prediction_per_task(label_studio,
     assert nonempty >= 1
 
 
-def test_batch_longer_than_predict_timeout_ends_with_one_prediction_per_task(label_studio, backend_url, data,
-                                                                              docroot, local_model):
+def test_batch_longer_than_predict_timeout_ends_with_one_prediction_per_task(label_studio, backend_url, redis_url,
+                                                                              data, docroot, local_model,
+                                                                              image_server):
+    """Some results arrive late whatever the machine's speed: every HELD_EVERY-th task's image comes from a
+    server that holds its answer until LS's "Retrieve predictions" call has returned, so those tasks cannot be
+    in the /predict answer; the workers POST them to LS afterwards."""
     ls = label_studio
-    B = S["B"] = _create_project(ls, "refseg-e2e-big", data[N_SMALL:N_SMALL + N_BIG], docroot)
+    samples = [dict(s) for s in data[N_SMALL:N_SMALL + N_BIG]]
+    held = set()
+    for k, s in enumerate(samples):
+        if k % HELD_EVERY == 0:
+            s["url"] = image_server.url_for(s["path"])
+            held.add(image_server.rel(s["path"]))
+    B = S["B"] = _create_project(ls, "refseg-e2e-big", samples, docroot)
     _connect(ls, B["id"], backend_url)
     pending_before = _metric(backend_url, "refseg_predict_tasks_total", 'outcome="pending"')
+    image_server.hold(held)
     t0 = time.monotonic()
-    seconds = _retrieve(ls, B["id"])
+    try:
+        seconds = _retrieve(ls, B["id"])
+    finally:
+        image_server.release()
     assert seconds < ML_TIMEOUT_PREDICT + 5, f"the retrieve call took {seconds:.1f} s"
-    wait_for(lambda: len(_predictions(ls, B["id"])) >= N_BIG, 300, f"{N_BIG} predictions", 1.0)
+    wait_settled(redis_url, lambda: len(_predictions(ls, B["id"])) >= N_BIG, 300,
+                 f"{N_BIG} predictions, prediction queues idle")
     all_stored = time.monotonic() - t0
-    time.sleep(2.0)
     by_task = _by_task(_predictions(ls, B["id"]))
     assert sorted(by_task) == sorted(B["tasks"])
     assert all(len(v) == 1 for v in by_task.values()), {k: len(v) for k, v in by_task.items() if len(v) != 1}
     late = _metric(backend_url, "refseg_predict_tasks_total", 'outcome="pending"') - pending_before
+    served = image_server.requested(held, since=t0)
     print(f"\n[e2e] big batch: {N_BIG} tasks, retrieve HTTP {seconds:.1f} s (backend budget {PREDICT_BUDGET_S} s, "
-          f"LS ML_TIMEOUT_PREDICT {ML_TIMEOUT_PREDICT} s), {int(late)} delivered late, all {N_BIG} stored after "
-          f"{all_stored:.1f} s")
-    assert late > 0, "the batch fitted in /predict: make N_BIG larger (nothing was delivered late)"
-    for tid in list(B["tasks"])[:: max(1, N_BIG // 5)]:  # a sample of them, late ones included
+          f"LS ML_TIMEOUT_PREDICT {ML_TIMEOUT_PREDICT} s), {len(held)} images held until it returned, "
+          f"{int(late)} delivered late, all {N_BIG} stored after {all_stored:.1f} s")
+    assert served, "the workers never asked the image server for a held image"
+    assert late > 0, "nothing was delivered late although some images were held until /predict had answered"
+    held_tasks = [tid for tid, s in B["tasks"].items() if s["url"].startswith(image_server.url)]
+    assert len(held_tasks) == len(range(0, N_BIG, HELD_EVERY))
+    for tid in sorted(set(list(B["tasks"])[:: max(1, N_BIG // 5)]) | set(held_tasks[:3])):  # late ones included
         _check_prediction(by_task[tid][0], B["tasks"][tid], _expected(local_model, B["tasks"][tid]),
                           S["base_version"])
     # retrieving again: LS skips tasks that have a prediction of the current version; nothing is stored twice
+    requests_before = len(image_server.requested())
     _retrieve(ls, B["id"])
-    time.sleep(2.0)
+    wait_settled(redis_url, lambda: True, 60, "prediction queues idle after the second retrieve")
     assert len(_predictions(ls, B["id"])) == N_BIG
+    assert len(image_server.requested()) == requests_before  # nothing was predicted again
 
 
 def test_interactive_request_returns_a_mask(label_studio, backend_url, local_model):
@@ -249,7 +171,7 @@ def test_interactive_request_returns_a_mask(label_studio, backend_url, local_mod
 
 
 def test_annotations_and_train_give_a_new_version_carried_by_later_predictions(label_studio, backend_url, e2e_root,
-                                                                                backend_logs):
+                                                                                redis_url, backend_logs):
     import torch
 
     from refseg_model.predictor import RefSegPredictor
@@ -285,9 +207,9 @@ def test_annotations_and_train_give_a_new_version_carried_by_later_predictions(l
         by_task = _by_task(_predictions(ls, A["id"]))
         return by_task if all(any(p["model_version"] == new for p in by_task.get(t, [])) for t in A["tasks"]) else None
 
-    by_task = wait_for(all_new, 120, f"predictions of {new} for every task", 0.5)
+    by_task = wait_settled(redis_url, all_new, 120, f"predictions of {new} for every task, prediction queues idle")
     torch.set_num_threads(1)
-    ckpt = e2e_root / "models" / str(A["id"]) / new
+    ckpt = checkpoint_dir(e2e_root / "models", A["id"], new, created_stamp(ls, A["id"]))
     model = RefSegPredictor.from_spec(str(ckpt), device="cpu")
     for tid, sample in A["tasks"].items():
         versions = sorted(p["model_version"] for p in by_task[tid])

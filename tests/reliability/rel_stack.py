@@ -19,7 +19,7 @@ BACKEND_TESTS = ROOT / "tests" / "backend"
 if str(BACKEND_TESTS) not in sys.path:  # tests/backend is not a package: its helpers are top-level modules
     sys.path.insert(0, str(BACKEND_TESTS))
 
-from backend_support import free_port, start_redis, wait_for  # noqa: E402
+from backend_support import free_port, start_redis, wait_for, wait_for_health  # noqa: E402
 from fake_ls import TOKEN  # noqa: E402
 
 PY = sys.executable
@@ -79,6 +79,12 @@ class Stack:
 
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
+    def rq(self):
+        """A connection as RQ wants it (bytes)."""
+        import redis
+
+        return redis.Redis.from_url(self.redis_url)
+
     # ---------------------------------------------------------------------------------------------- workers
     def start_worker(self, name: str, queues: str) -> subprocess.Popen:
         log_path = self.root / f"worker-{name}.log"
@@ -105,6 +111,13 @@ class Stack:
 
         wait_for(registered, timeout, f"workers {names}", 0.3)
 
+    def stop_worker(self, name: str) -> None:
+        """SIGTERM: RQ's warm shutdown (the current job, if any, finishes first)."""
+        proc, fh, _ = self.workers[name]
+        proc.terminate()
+        proc.wait(60)
+        fh.close()
+
     def kill_worker(self, name: str) -> None:
         proc, fh, _ = self.workers[name]
         proc.send_signal(signal.SIGKILL)
@@ -122,15 +135,7 @@ class Stack:
                                     env=self.env, stdout=self.web_log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
 
-        def up():
-            if self.web.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {self.web_log_path.read_text()[-3000:]}")
-            try:
-                return requests.get(self.url + "/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, 60, "gunicorn", 0.2)
+        wait_for_health(self.url, self.web, self.web_log_path, "gunicorn")
 
     def post(self, path: str, timeout: float = 60, **kw) -> requests.Response:
         return self.session.post(self.url + path, timeout=timeout, **kw)

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import requests
-from backend_support import CONFIG_TEXT, CONFIG_TEXTAREA, png, scene
+from backend_support import CONFIG_TEXT, CONFIG_TEXTAREA, STAMP, iso, png, project_obj, scene
 from fake_ls import TOKEN
 from PIL import Image
 from rel_stack import AUTH, BlackHole
@@ -249,18 +249,20 @@ def test_interactive_bad_input(stack, rel_ls):
 def test_secrets_never_logged(stack, rel_ls):
     """LOG_LEVEL=DEBUG everywhere (gunicorn too): the LS API key and the basic-auth password stay out of logs,
     after requests that use both (an LS media download, a fine-tune pulling from LS, failed logins)."""
-    import time
+    import json
 
-    from backend_support import wait_for
+    from backend_support import project_key, wait_for
 
     _assert_alive(stack, rel_ls, 2400)
     requests.post(stack.url + "/setup", json={}, auth=("ls-user", "wrong-" + AUTH[1]), timeout=5)
-    rel_ls.projects[24] = {"id": 24, "label_config": CONFIG_TEXT}
-    r = stack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 24}})
+    rel_ls.add_project(24, CONFIG_TEXT, iso(STAMP))
+    r = stack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(24)})
     assert r.status_code == 201
-    wait_for(lambda: any(p.startswith("/api/tasks?") and "project=24" in p for _, p in rel_ls.requests), 90,
-             "the trainer to pull project 24 from LS", 0.3)
-    time.sleep(1.0)
+    key = project_key(24, rel_ls.url)
+    wait_for(lambda: json.loads(stack.state().hget(f"refseg:stats:finetune:{key}", "state") or "null") in
+             ("skipped", "failed", "promoted", "rejected"), 90, "the fine-tune of project 24 (pulled from LS) to end",
+             0.3)
+    assert any(p.startswith("/api/tasks?") and "project=24" in p for _, p in rel_ls.requests)
     logs = stack.logs()
     assert "DEBUG" in logs  # the level really is DEBUG
     encoded = base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode()

@@ -9,7 +9,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from backend_support import CONFIG_TEXT, add_annotated_project, png, scene, wait_for
+from backend_support import (
+    CONFIG_TEXT,
+    add_annotated_project,
+    iso,
+    png,
+    project_key,
+    project_obj,
+    queues_idle,
+    scene,
+    wait_for,
+)
 from rel_stack import Stack
 
 from jobs.versions import VersionStore
@@ -70,6 +80,7 @@ def _body(tasks, project="41.1"):
 
 def test_worker_sigkilled_mid_prediction(fstack, rel_ls):
     img, _ = scene(4001)
+    rel_ls.add_project(41, CONFIG_TEXT, iso(1))  # "41.1": B's late prediction goes to the project created then
     gated = GatedImages(png(img))
     rel_ls.files["/data/upload/41/b.png"] = png(scene(4002)[0])
     task_a = {"id": 4001, "project": 41, "data": {"image": gated.url + "/a.png", "expression": "the block"}}
@@ -101,15 +112,12 @@ def test_worker_sigkilled_mid_prediction(fstack, rel_ls):
         if res_b.get("pending"):  # the new worker drains the queue and posts B's late prediction
             wait_for(lambda: rel_ls.predictions_for([4002]), 60, "B's late prediction")
         # asking again: A is predicted now (its dead job does not hold it hostage as "pending")
-        deadline = time.monotonic() + 45  # the dead worker's liveness key expires (15 s)
-        while True:
-            r = fstack.post("/predict", json=_body([task_a]), timeout=60)
-            [res] = r.json()["results"]
-            if "result" in res and not res.get("error"):
-                break
-            assert time.monotonic() < deadline, f"task A still not predicted after the worker restart: {res}"
-            time.sleep(1)
-        time.sleep(1.0)
+        def predicted():
+            [res] = fstack.post("/predict", json=_body([task_a]), timeout=60).json()["results"]
+            return "result" in res and not res.get("error")
+
+        wait_for(predicted, 45, "task A to be predicted after the worker restart", 1.0)  # the dead key expires (15 s)
+        wait_for(lambda: queues_idle(fstack.rq()), 60, "every prediction job to end")  # no post can follow
         assert len(rel_ls.predictions_for([4002])) <= 1  # never two predictions for one task
     finally:
         gated.close()
@@ -121,36 +129,37 @@ def _finetune_state(fstack, project: str) -> dict:
 
 
 def test_unwritable_model_dir_fails_the_finetune_and_keeps_serving(fstack, rel_ls):
-    add_annotated_project(rel_ls, 61, 6100, 4)
-    setup = {"project": "61.1", "schema": CONFIG_TEXT}
+    project = add_annotated_project(rel_ls, 61, 6100, 4)
+    key = project_key(61, rel_ls.url)
+    setup = {"project": project, "schema": CONFIG_TEXT}
     assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test"
-    blocker = fstack.model_dir / "61"
+    blocker = fstack.model_dir / key
     fstack.model_dir.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a directory: checkpoints cannot be written here")  # root ignores chmod; this cannot
-    r = fstack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 61}})
+    r = fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(61)})
     assert r.status_code == 201 and r.json()["finetune"] == "enqueued"
     st = wait_for(lambda: (lambda s: s if s.get("state") in ("failed", "promoted", "rejected") else None)(
-        _finetune_state(fstack, "61")), 180, "the fine-tune to end", 0.5)
+        _finetune_state(fstack, key)), 180, "the fine-tune to end", 0.5)
     assert st["state"] == "failed" and st.get("reason"), st
     assert "Error" in st["reason"], st  # e.g. "NotADirectoryError: ..."
     assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test"  # serving version unchanged
-    assert fstack.state().hgetall("refseg:project:61:model") == {}
+    assert fstack.state().hgetall(f"refseg:project:{key}:model") == {}
     assert blocker.is_file()  # nothing half-written was promoted in its place
     # still serving with the unchanged version
     rel_ls.files["/data/upload/61/x.png"] = png(scene(6199)[0])
     [res] = fstack.post("/predict", json=_body([{"id": 6199, "data": {"image": "/data/upload/61/x.png",
-                                                                      "expression": "x"}}], "61.1")).json()["results"]
+                                                                      "expression": "x"}}], project)).json()["results"]
     assert res["model_version"] == "tiny-test" and not res.get("error"), res
 
     # the fault ends: the next trigger trains and promotes
     blocker.unlink()
-    assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 61}}).status_code == 201
+    assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(61)}).status_code == 201
     version = wait_for(lambda: (lambda v: v if v != "tiny-test" else None)(
         fstack.post("/setup", json=setup).json()["model_version"]), 180, "the promoted version", 0.5)
     assert version.startswith("tiny-test-p61-ft")
-    ckpt = fstack.state().hget("refseg:project:61:model", "checkpoint")
-    assert (fstack.model_dir / "61").is_dir() and ckpt.startswith(str((fstack.model_dir / "61").resolve()))
-    assert not [p for p in (fstack.model_dir / "61").iterdir() if p.name.startswith(".candidate")]
+    ckpt = fstack.state().hget(f"refseg:project:{key}:model", "checkpoint")
+    assert (fstack.model_dir / key).is_dir() and ckpt.startswith(str((fstack.model_dir / key).resolve()))
+    assert not [p for p in (fstack.model_dir / key).iterdir() if p.name.startswith(".candidate")]
 
 
 def _wait_finetune_end(fstack, project: str, since: float, timeout: float = 180) -> dict:
@@ -162,26 +171,29 @@ def _wait_finetune_end(fstack, project: str, since: float, timeout: float = 180)
 
 
 def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, rel_ls):
-    add_annotated_project(rel_ls, 62, 6200, 4)
+    project = add_annotated_project(rel_ls, 62, 6200, 4)
     first = rel_ls.tasks[6200]
     gated = GatedImages(rel_ls.files[first["data"]["image"]])
     first["data"] = {**first["data"], "image": gated.url + "/t6200.png"}  # the trainer hangs downloading it
-    setup = {"project": "62.1", "schema": CONFIG_TEXT}
+    setup = {"project": project, "schema": CONFIG_TEXT}
     try:
-        assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 62}}).json()[
+        assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(62)}).json()[
             "finetune"] == "enqueued"
         wait_for(lambda: gated.hits >= 1, 60, "the trainer to pull project 62")
+        dead_job = fstack.state().get(f"refseg:project:{project_key(62, rel_ls.url)}:train:running")
         fstack.kill_worker("train")
         gated.gate.set()
         fstack.start_worker("train2", "train")
         fstack.wait_workers(["train2"])
-        # the dead job's "running" marker must not swallow new triggers until it expires (hours)
-        since = time.time()
-        outcome = wait_for(lambda: (lambda o: o if o == "enqueued" else None)(fstack.post(
-            "/webhook", json={"action": "START_TRAINING", "project": {"id": 62}}).json()["finetune"]), 40,
-            "a new fine-tune to be accepted after the trainer died", 2.0)
-        assert outcome == "enqueued"
-        st = _wait_finetune_end(fstack, "62", since)
+        # the dead job's "running" marker (it expires in hours) must not swallow the trigger: one trigger trains.
+        # Its worker's liveness key takes 15 s to expire, then 8 s of grace: until then the trigger is a rerun
+        # request (the living trainer fails the abandoned job then, and enqueues the rerun) or a re-check job
+        outcome = fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(62)}).json()
+        assert outcome["finetune"] in ("enqueued", "rerun-requested", "recheck-scheduled"), outcome
+        key = project_key(62, rel_ls.url)
+        st = wait_for(lambda: (lambda s: s if s.get("job") != dead_job and s.get("state") in ("promoted", "failed",
+                                                                                           "rejected") else None)(
+            _finetune_state(fstack, key)), 180, "a fine-tune after the trainer died", 0.5)
         assert st["state"] == "promoted", st
         assert fstack.post("/setup", json=setup).json()["model_version"].startswith("tiny-test-p62-ft")
     finally:
@@ -191,25 +203,26 @@ def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, rel_l
 def test_label_studio_unreachable_during_finetune_pull(fstack, rel_ls):
     from http.server import ThreadingHTTPServer as Server
 
-    add_annotated_project(rel_ls, 63, 6300, 4)
-    setup = {"project": "63.1", "schema": CONFIG_TEXT}
+    project = add_annotated_project(rel_ls, 63, 6300, 4)
+    key = project_key(63, rel_ls.url)
+    setup = {"project": project, "schema": CONFIG_TEXT}
     host, port = rel_ls.server.server_address
     handler = rel_ls.server.RequestHandlerClass
     rel_ls.server.shutdown()
     rel_ls.server.server_close()  # connection refused from now on
     try:
         since = time.time()
-        r = fstack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 63}})
+        r = fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(63)})
         assert r.status_code == 201  # the event is accepted; the job pulls from LS when it runs
-        st = _wait_finetune_end(fstack, "63", since, 120)
+        st = _wait_finetune_end(fstack, key, since, 120)
         assert st["state"] == "failed" and "Connection" in st["reason"], st
         assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test"
     finally:
         rel_ls.server = Server((host, port), handler)
         threading.Thread(target=rel_ls.server.serve_forever, daemon=True).start()
     since = time.time()
-    assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 63}}).status_code == 201
-    st = _wait_finetune_end(fstack, "63", since)
+    assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(63)}).status_code == 201
+    st = _wait_finetune_end(fstack, key, since)
     assert st["state"] == "promoted", st
 
 
@@ -217,21 +230,25 @@ def test_redis_restart_under_load(fstack, rel_ls, rel_checkpoint):
     """Redis goes away and comes back (AOF on): /predict answers 503 quickly meanwhile, version records survive,
     the web process and the workers reconnect by themselves."""
     store = VersionStore(fstack.state(), rel_checkpoint)
-    store.promote("51", "tiny-test-p51-ft9", rel_checkpoint, parent="tiny-test", metrics={"gIoU": 0.5})
+    store.promote(project_key(51, rel_ls.url, 1), "tiny-test-p51-ft9", rel_checkpoint, parent="tiny-test",
+                  metrics={"gIoU": 0.5})
     setup = {"project": "51.1", "schema": CONFIG_TEXT}
     assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test-p51-ft9"
     rel_ls.files["/data/upload/51/x.png"] = png(scene(5100)[0])
     task = {"id": 5100, "data": {"image": "/data/upload/51/x.png", "expression": "the block"}}
 
+    outages = fstack.logs().count("cannot refresh the liveness key")
     fstack.stop_redis()
     try:
         t0 = time.monotonic()
         r = fstack.post("/predict", json=_body([task], "51.1"), timeout=30)
         assert time.monotonic() - t0 < 10
         assert r.status_code == 503 and "Redis" in r.json()["error"], r.text
-        assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 51}}).status_code == 503
+        assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(51, 1)}).status_code \
+            == 503
         assert requests.get(fstack.url + "/health", timeout=5).status_code == 200
-        time.sleep(2)  # the workers notice
+        wait_for(lambda: fstack.logs().count("cannot refresh the liveness key") > outages, 15,
+                 "the workers to notice the outage")
     finally:
         fstack.start_redis()
 
