@@ -92,3 +92,27 @@ def test_regions_of_other_controls_are_not_prompts():
 def test_bad_click_contexts(items, message):
     with pytest.raises(PromptError, match=message):
         parse_prompts(parse_label_config(CLICKS), {"result": items})
+
+
+def test_junk_contexts_raise_prompt_errors_only():
+    """Any JSON shape in a smart region is a PromptError (400) or ignored, never another exception (500)."""
+    import random
+
+    cfg = parse_label_config(CLICKS)
+    junk = [None, 5, "x", [], {}, [1], {"a": 1}, float("inf"), -1, 1e308, True, "object", ["object"], [None]]
+    rng = random.Random(0)
+
+    def pick(extra=()):
+        return rng.choice(junk + list(extra))
+
+    for _ in range(3000):
+        value = {k: pick([10, 50, 0]) for k in ("x", "y", "width", "height", "rotation")}
+        value.update(keypointlabels=pick(), rectanglelabels=pick())
+        item = {"type": pick(["keypointlabels", "rectanglelabels"]), "from_name": pick(["click", "box"]),
+                "value": pick([value]), "original_width": pick([64]), "original_height": pick([48]),
+                "is_positive": pick([False])}
+        item = {k: v for k, v in item.items() if rng.random() < 0.85}
+        try:
+            parse_prompts(cfg, {"result": [item]})
+        except PromptError:
+            pass
