@@ -24,6 +24,7 @@ from jobs.settings import Settings
 from jobs.versions import VersionStore
 from labelstudio.identity import ProjectRef
 from labelstudio.labelconfig import LabelConfigError, parse_label_config
+from labelstudio.prompts import PromptError
 
 from .auth import install_basic_auth
 from .metrics import Metrics
@@ -133,6 +134,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     @app.errorhandler(BadRequest)
     @app.errorhandler(LabelConfigError)
     @app.errorhandler(WebhookError)
+    @app.errorhandler(PromptError)
     def bad_request(exc):
         return jsonify(status=400, error=str(exc)), 400
 

@@ -30,6 +30,7 @@ from jobs.queues import BATCH, INTERACTIVE, enqueue_predict
 from labelstudio.identity import ProjectRef
 from labelstudio.labelconfig import ProjectConfig, task_expression
 from labelstudio.predictions import error_result, no_suggestion, pending_result, task_id
+from labelstudio.prompts import parse_prompts
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,18 @@ class PredictService:
         if not isinstance(image, str) or not image.strip():
             return None, f"task data has no image URL under {cfg.image_key!r}"
         expression = task_expression(cfg, task, context)
-        if not expression:
+        prompts = parse_prompts(cfg, context)  # clicks / box of the smart tools; PromptError -> 400
+        if not expression and not prompts:
             where = [f"task data {cfg.text_key!r}"] if cfg.text_key else []
             if cfg.textarea_name:
                 where.append(f"the {cfg.textarea_name!r} text area")
+            if cfg.has_smart_tools:
+                where.append("a click or box of the smart tools")
             return None, "no referring expression (expected in " + " or ".join(where) + ")"
-        return {"id": task_id(task), "image": image.strip(), "expression": expression}, ""
+        job = {"id": task_id(task), "image": image.strip(), "expression": expression or None}
+        if prompts:
+            job["prompts"] = prompts.to_json()
+        return job, ""
 
     def _pending_jobs(self, project: ProjectRef, tasks: List[dict], version: str) -> set:
         """Ids of tasks whose prediction an earlier /predict handed to a still-living job for late delivery,

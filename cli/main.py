@@ -46,6 +46,7 @@ TRAIN_SETTING_FLAGS = {
     "steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
     "weight_decay": "--weight-decay", "warmup_frac": "--warmup", "eval_every": "--eval-every",
     "max_val": "--max-val", "augment": "--augment", "curriculum_frac": "--curriculum", "seed": "--seed",
+    "interactive_frac": "--interactive-frac",
 }
 _TRAIN_ARG = {"warmup_frac": "warmup", "curriculum_frac": "curriculum"}  # field -> argparse dest, where they differ
 # an explicit flag that makes recipe settings moot: --steps fixes the length (epochs unused), --eval-every the
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--curriculum", type=float, default=None,
                    help="synth: fraction of steps to ramp difficulty; default 0.3")
     t.add_argument("--seed", type=int, default=None, help="default 0")
+    t.add_argument("--interactive-frac", type=float, default=None,
+                   help="fraction of each batch trained with simulated clicks/boxes (initial prompt text, click, "
+                        "box or text + click, then 1-3 corrective clicks); default 0")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--version", default=None, help="version string of the new checkpoint")
     t.add_argument("--half", action="store_true", help="store weights as float16")

@@ -4,6 +4,11 @@
     <Text name="expr" value="$expression"/>                       -> expression for batch pre-annotation
     <TextArea name="prompt" toName="image" .../>                  -> expression typed in the editor (interactive)
     <BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>   (or PolygonLabels)
+    <KeyPointLabels name="click" toName="image" smart="true">...   -> clicks (interactive; alt-click = negative)
+    <RectangleLabels name="box" toName="image" smart="true">...    -> a box around the object (interactive)
+
+With a smart KeyPointLabels / RectangleLabels, a config needs no expression at all (clicks only, as a SAM click
+tool); with Text/TextArea as well, the expression and the clicks go to the model together.
 
 A config we cannot serve raises `LabelConfigError` with a message meant for the person setting up the project.
 """
@@ -11,12 +16,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 # imported here, not on first use: the import takes ~0.5 s (seconds on a busy machine) and LS gives /setup 3 s
 from label_studio_sdk.label_interface import LabelInterface
 
 OUTPUT_TAGS = {"BrushLabels": "brush", "PolygonLabels": "polygon"}  # in order of preference
+SMART_TAGS = ("KeyPointLabels", "RectangleLabels")  # click / box tools, used when smart="true"
 
 
 class LabelConfigError(ValueError):
@@ -32,12 +38,23 @@ class ProjectConfig:
     label: str  # the label value put on predicted regions (the control's first <Label>)
     text_key: Optional[str] = None  # task.data key of the expression (<Text value="$key">)
     textarea_name: Optional[str] = None  # <TextArea name=...> whose submitted text is the expression
+    keypoint_name: Optional[str] = None  # <KeyPointLabels smart="true" name=...> on the image: clicks
+    keypoint_labels: Tuple[str, ...] = ()  # its <Label> values
+    rectangle_name: Optional[str] = None  # <RectangleLabels smart="true" name=...> on the image: a box
+    rectangle_labels: Tuple[str, ...] = ()
+
+    @property
+    def has_smart_tools(self) -> bool:
+        return bool(self.keypoint_name or self.rectangle_name)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProjectConfig":
+        d = dict(d)
+        for k in ("keypoint_labels", "rectangle_labels"):
+            d[k] = tuple(d.get(k) or ())
         return cls(**d)
 
 
@@ -90,11 +107,19 @@ def _parse_label_config(xml: str) -> ProjectConfig:
     text_key = next((_data_key(o.value) for o in li.objects if o.tag.lower() == "text" and _data_key(o.value)), None)
     textareas = [c for c in li.controls if c.tag == "TextArea"]
     textarea = next((c for c in textareas if image.name in (c.to_name or [])), textareas[0] if textareas else None)
-    if text_key is None and textarea is None:
+    smart = {}
+    for tag in SMART_TAGS:
+        for c in li.controls:
+            if c.tag == tag and image.name in (c.to_name or []) and _is_smart(c):
+                smart[tag] = c
+                break
+    if text_key is None and textarea is None and not smart:
         raise LabelConfigError(
             "the label config gives no referring expression: add <Text value=\"$expression\"/> (expression in task "
-            "data, for pre-annotation) and/or a <TextArea toName=\"image\"/> (expression typed in the editor)"
+            "data, for pre-annotation) and/or a <TextArea toName=\"image\"/> (expression typed in the editor), "
+            "or a click tool (<KeyPointLabels smart=\"true\">, <RectangleLabels smart=\"true\">)"
         )
+    kp, rect = smart.get("KeyPointLabels"), smart.get("RectangleLabels")
     return ProjectConfig(
         image_name=image.name,
         image_key=image_key,
@@ -103,7 +128,17 @@ def _parse_label_config(xml: str) -> ProjectConfig:
         label=str(labels[0]),
         text_key=text_key,
         textarea_name=textarea.name if textarea is not None else None,
+        keypoint_name=kp.name if kp is not None else None,
+        keypoint_labels=tuple(str(v) for v in (kp.labels or [])) if kp is not None else (),
+        rectangle_name=rect.name if rect is not None else None,
+        rectangle_labels=tuple(str(v) for v in (rect.labels or [])) if rect is not None else (),
     )
+
+
+def _is_smart(control) -> bool:
+    """smart="true" (or smartOnly="true"): Label Studio sends the control's regions to the backend."""
+    attr = getattr(control, "attr", None) or {}
+    return any(str(attr.get(k, "")).lower() == "true" for k in ("smart", "smartOnly", "smartonly"))
 
 
 def task_expression(cfg: ProjectConfig, task: dict, context: Optional[dict] = None) -> Optional[str]:

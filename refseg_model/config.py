@@ -118,6 +118,9 @@ class RefSegConfig:
     prompter: PrompterConfig = field(default_factory=PrompterConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     mask_threshold: float = 0.0  # on logits, i.e. sigmoid > 0.5
+    # On a corrective click with an expression: how the previous mask's low-res logits meet the text's dense
+    # prompt, "add" (summed in logit space) or "replace" (SAM/RITM style); see RefSegModel.decode_interactive.
+    interactive_dense: str = "add"
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,4 +145,5 @@ class RefSegConfig:
             prompter=sub(PrompterConfig, "prompter"),
             loss=sub(LossConfig, "loss"),
             mask_threshold=float(d.get("mask_threshold", 0.0)),
+            interactive_dense=str(d.get("interactive_dense", "add")),
         )

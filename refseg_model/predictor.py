@@ -9,6 +9,16 @@ high-resolution decoder features.
     [pred] = predictor.predict(image, ["the white storage tank left of the road"])
     pred.mask   # H x W bool at the original image size
     pred.score  # confidence in [0, 1] (see `confidence`)
+
+Interactive (clicks / a box, with or without an expression), in ORIGINAL image pixels:
+
+    [p1] = predictor.predict(image, "the pond", points=[(120, 80, True)])
+    [p2] = predictor.predict(image, "the pond", points=[(120, 80, True), (300, 40, False)], mask_input=p1.low_res)
+    [p3] = predictor.predict(image, None, box=(10, 10, 200, 150))            # no expression: SAM's click tool
+
+The text tower + prompter output is cached per (image, expression) next to the image embedding, so a click on
+a cached image costs SAM's prompt encoder + mask decoder only. `Prediction.low_res` (1 x 1 x M x M logits) is
+what the next click passes back as `mask_input`.
 """
 from __future__ import annotations
 
@@ -22,8 +32,12 @@ import numpy as np
 import torch
 
 from .device import resolve_device  # noqa: F401  (re-exported: the predictor's callers resolve DEVICE with it)
-from .modeling.refseg import ImageEmbedding, RefSegModel
-from .transforms import image_to_frame, logits_to_original
+from .modeling.refseg import ImageEmbedding, RefSegModel, TextPrompts, geometry_tensors
+from .transforms import image_to_frame, logits_to_original, point_to_frame
+
+Point = Tuple[float, float, bool]  # (x, y, positive) in original image pixels
+Box = Tuple[float, float, float, float]  # (x0, y0, x1, y1) in original image pixels
+PROMPTS_PER_IMAGE = 16  # (image, expression) prompter outputs kept per cached image
 
 
 @dataclass
@@ -31,6 +45,7 @@ class Prediction:
     mask: np.ndarray  # H x W bool
     score: float  # confidence in [0, 1]
     iou_pred: float  # the SAM IoU head's raw estimate (not trained by the paper's losses; informative only)
+    low_res: Optional[torch.Tensor] = None  # 1 x 1 x M x M mask logits over the S x S frame (interactive path)
 
 
 @dataclass
@@ -38,6 +53,12 @@ class CachedImage:
     embedding: ImageEmbedding  # batch of 1
     resized: Tuple[int, int]
     original: Tuple[int, int]
+    # expression -> the prompter's output on this image (LRU, PROMPTS_PER_IMAGE), for clicks
+    prompts: "OrderedDict[str, TextPrompts]" = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.prompts is None:
+            self.prompts = OrderedDict()
 
 
 def image_key(image: np.ndarray) -> str:
@@ -85,6 +106,47 @@ class EmbeddingCache:
         return len(self._items)
 
 
+class AnswerMemory:
+    """Low-res logits (1 x 1 x M x M, CPU) of recent interactive answers, LRU, keyed by (image key, expression,
+    clicks, box): lets a request that carries all clicks so far find the answer to its prefix (the same clicks
+    minus the last) and pass it back as the dense prompt, as SAM / RITM do. M x M floats each (64 KiB for the
+    demo model, 256 KiB for SAM at 1024 px)."""
+
+    def __init__(self, capacity: int = 128) -> None:
+        self.capacity = max(0, int(capacity))
+        self._items: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(image: str, expression: Optional[str], points: Sequence[Point], box: Optional[Box]) -> tuple:
+        return (image, expression or None, tuple((float(x), float(y), bool(p)) for x, y, p in points),
+                None if box is None else tuple(float(v) for v in box))
+
+    def get(self, key: tuple) -> Optional[torch.Tensor]:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key: tuple, logits: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._items[key] = logits
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def stability_score(logits: torch.Tensor, offset: float = 1.0) -> torch.Tensor:
     """SAM's stability score: IoU of the masks thresholded at +offset and -offset (logits ... x H x W)."""
     inter = (logits > offset).flatten(-2).sum(-1).float()
@@ -114,6 +176,9 @@ class RefSegPredictor:
         self.version = version
         self.threshold = float(model.cfg.mask_threshold)
         self._lock = threading.Lock()  # one forward at a time per model
+        self.prompt_hits = 0  # (image, expression) prompter outputs reused / computed by the interactive path
+        self.answers = AnswerMemory(128)  # recent interactive answers, for predict_sequence
+        self.prompt_misses = 0
 
     @classmethod
     def from_spec(cls, spec: str = "demo", device: Union[str, torch.device] = "cpu", cache_size: int = 32):
@@ -165,12 +230,119 @@ class RefSegPredictor:
             )
         return preds
 
+    def _text_prompts(self, item: CachedImage, expression: str) -> TextPrompts:
+        """The prompter's output for (this image, expression), computed once and kept next to the embedding."""
+        cached = item.prompts.get(expression)
+        if cached is not None:
+            item.prompts.move_to_end(expression)
+            self.prompt_hits += 1
+            return cached
+        self.prompt_misses += 1
+        tok = self.model.encoder.tokenize([expression], self.device)
+        prompts, _ = self.model.encode_text_prompts(item.embedding.to(self.device), tok["input_ids"],
+                                                    tok["attention_mask"])
+        item.prompts[expression] = prompts
+        while len(item.prompts) > PROMPTS_PER_IMAGE:
+            item.prompts.popitem(last=False)
+        return prompts
+
+    @torch.inference_mode()
+    def _decode_interactive(self, item: CachedImage, expression: Optional[str], points: Sequence[Point],
+                            box: Optional[Box], mask_input) -> Prediction:
+        text = self._text_prompts(item, expression) if expression else None
+        if text is None and not points and box is None:
+            raise ValueError("nothing to segment: give an expression, a point or a box")
+        pts = [(*point_to_frame(x, y, item.resized, item.original), bool(pos)) for x, y, pos in points]
+        fbox = None
+        if box is not None:
+            fbox = (*point_to_frame(box[0], box[1], item.resized, item.original),
+                    *point_to_frame(box[2], box[3], item.resized, item.original))
+        coords, labels = geometry_tensors(pts, fbox, device=self.device)
+        prev = None
+        if mask_input is not None:
+            m = self.model.sam.mask_input_size
+            prev = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, m, m).to(self.device)
+        masks, iou = self.model.decode_interactive(item.embedding.to(self.device), coords, labels, text,
+                                                   mask_input=prev)
+        logits = logits_to_original(masks.float(), self.image_size, item.resized, item.original)[0]
+        return Prediction(mask=(logits > self.threshold).cpu().numpy(), score=confidence(logits),
+                          iou_pred=float(iou[0, 0]), low_res=masks.float().cpu())
+
+    def predict_prompts(
+        self,
+        image: np.ndarray,
+        expression: Optional[str],
+        points: Optional[Sequence[Point]] = None,
+        box: Optional[Box] = None,
+        mask_input: Optional[torch.Tensor] = None,
+        key: Optional[str] = None,
+    ) -> Prediction:
+        """One answer for an expression (or None) with clicks / a box / the previous answer's `low_res`, all
+        optional but not all absent; `low_res` is set on the result. Text only here equals `predict`'s answer."""
+        _, item = self.embed(image, key)
+        with self._lock:
+            return self._decode_interactive(item, expression or None, list(points or []), box, mask_input)
+
+    def predict_sequence(
+        self,
+        image: np.ndarray,
+        expression: Optional[str],
+        points: Sequence[Point],
+        box: Optional[Box],
+        memory: Optional[AnswerMemory] = None,
+        key: Optional[str] = None,
+    ) -> Prediction:
+        """An interactive request that carries ALL its clicks so far (as Label Studio sends them): the answer to
+        the same request without its last click (or, for the first click or a box, the expression alone) is
+        looked up in `memory` and passed as `mask_input`; the answer is remembered for the next click. A missing
+        prefix (another worker answered it, or it was evicted) only means no previous mask; the text-only
+        prefix is cheap (decoder only, text cached) and computed when missing. `memory` defaults to the
+        predictor's own (`answers`), so a new model version never sees an older version's answers."""
+        memory = self.answers if memory is None else memory
+        key, _ = self.embed(image, key)
+        points = list(points or [])
+        if points:
+            prefix = (points[:-1], box)
+        elif box is not None:
+            prefix = ([], None)
+        else:
+            prefix = None
+        prev = None
+        if prefix is not None:
+            prev = memory.get(memory.key(key, expression, *prefix))
+            if prev is None and not prefix[0] and prefix[1] is None and expression:
+                prev = self.predict_prompts(image, expression, key=key).low_res
+                memory.put(memory.key(key, expression, [], None), prev)
+        pred = self.predict_prompts(image, expression, points, box, prev, key)
+        memory.put(memory.key(key, expression, points, box), pred.low_res)
+        return pred
+
     def predict(
-        self, image: np.ndarray, expressions: Union[str, Sequence[str]], key: Optional[str] = None
+        self,
+        image: np.ndarray,
+        expressions: Union[None, str, Sequence[str]],
+        key: Optional[str] = None,
+        points: Optional[Sequence[Point]] = None,
+        box: Optional[Box] = None,
+        mask_input: Optional[torch.Tensor] = None,
     ) -> List[Prediction]:
-        """Masks for one image and one or more expressions (image encoded at most once, via the cache)."""
+        """Masks for one image and one or more expressions (image encoded at most once, via the cache).
+
+        Interactive: with `points` [(x, y, positive)], a `box` (x0, y0, x1, y1) — both in original image pixels
+        — or `mask_input` (the previous answer's `low_res`, 1 x 1 x M x M), or with no expression (None), the
+        one expression (or none) is decoded with them and a single Prediction comes back, with `low_res` set.
+        Its text side is cached per (image, expression): a second click re-runs the prompt encoder and the mask
+        decoder only.
+        """
+        interactive = bool(points) or box is not None or mask_input is not None or expressions is None
         if isinstance(expressions, str):
             expressions = [expressions]
+        if interactive:
+            expressions = list(expressions or [])
+            if len(expressions) > 1:
+                raise ValueError("clicks and boxes go with one expression at a time")
+            return [self.predict_prompts(image, expressions[0] if expressions else None, points, box, mask_input,
+                                         key)]
         _, item = self.embed(image, key)
         with self._lock:
             return self._decode([item] * len(expressions), expressions)

@@ -54,3 +54,11 @@ def logits_to_original(
     if tuple(crop.shape[-2:]) != tuple(original):
         crop = F.interpolate(crop, size=tuple(original), mode="bilinear", align_corners=False)
     return crop[:, 0]
+
+
+def point_to_frame(x: float, y: float, resized: Tuple[int, int], original: Tuple[int, int]) -> Tuple[float, float]:
+    """A point in original-image pixels (x right, y down) -> the same point in the S x S frame's pixels.
+
+    resized = (h', w') of the image inside the frame, original = (H, W); the frame holds the resized image at
+    its top-left, so this is a pure scale per axis."""
+    return float(x) * resized[1] / original[1], float(y) * resized[0] / original[0]

@@ -146,13 +146,16 @@ def test_interrupted_training_resumes(tmp_path, data_dir, capsys):
     assert json.loads((out / "config.json").read_text())["metadata"]["step"] in (2, 4, 6, 8)
 
 
-def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, data_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("interactive_frac", [0.0, 0.5], ids=["text", "interactive"])
+def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, data_dir, monkeypatch, capsys,
+                                                                   interactive_frac):
     """Resume restores the data order and the flip generator too: stopping after step 5 and resuming ends with
-    exactly the weights of a run that never stopped (2 epochs of shuffled, flipped batches)."""
+    exactly the weights of a run that never stopped (2 epochs of shuffled, flipped batches); with simulated
+    clicks as well (their prompts and first clicks are drawn from generators seeded by the run and the step)."""
     from refseg_model import train as train_module
 
     common = dict(data=str(data_dir), init="preset:tiny", steps=8, batch_size=4, eval_every=2, max_val=2,
-                  augment=True, progress=False, threads=1)
+                  augment=True, progress=False, threads=1, interactive_frac=interactive_frac)
     train(TrainConfig(out=str(tmp_path / "straight"), **common))
 
     real_batch = train_module.FileSource.batch

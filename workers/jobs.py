@@ -1,7 +1,8 @@
 """RQ jobs (plain functions, JSON arguments). Enqueued by the web process by dotted path.
 
     predict_tasks(project, config, tasks, request_id, late)   batch pre-annotation of a chunk of tasks
-    predict_interactive(project, config, tasks, request_id)   one task, expression typed in the editor
+    predict_interactive(project, config, tasks, request_id)   one task: expression typed in the editor and/or
+                                                              clicks / a box of the smart tools ("prompts")
     finetune_project(project)                                 see workers/finetune.py
     recheck_finetune(project)                                 a trigger met a job of undecided liveness
 
@@ -29,6 +30,7 @@ from labelstudio.identity import ProjectRef
 from labelstudio.labelconfig import ProjectConfig
 from labelstudio.media import MediaError
 from labelstudio.predictions import error_result, prediction
+from labelstudio.prompts import prompts_from_json, rescale
 
 from .runtime import runtime
 
@@ -145,7 +147,10 @@ def _predict(rt, cfg: ProjectConfig, ref: ProjectRef, tasks: List[dict], interac
             results[i] = error_result(current.version, f"image: {exc}")
     if interactive:
         for i, image in images.items():
-            [p] = predictor.predict(image, [tasks[i]["expression"]])
+            # all clicks so far come with each request: the predictor finds the previous answer in its memory
+            # (mask input) and the image + text encodings in its caches, so a click runs the mask decoder only
+            prompts = rescale(prompts_from_json(tasks[i].get("prompts")), image.shape[1], image.shape[0])
+            p = predictor.predict_sequence(image, tasks[i].get("expression"), prompts.points, prompts.box)
             results[i] = prediction(p.mask, p.score, cfg, current.version)
     elif images:
         order = list(images)

@@ -1,0 +1,246 @@
+"""Benchmark: annotator effort in clicks (issue 10 item 7), simulated annotator, in-process.
+
+Protocol (RITM / SAM NoC): after each answer the annotator clicks at the point deepest inside the larger error
+region (missed target -> positive click, false area -> negative click; `refseg_model.interactive.next_clicks`),
+and every request carries all clicks so far plus the previous answer's low-res logits as mask input. Figures:
+
+  NoC@85 / NoC@90   clicks until IoU >= 0.85 / 0.90 (0 if the expression alone gets there; at most 20, counted
+                    as 20 when never reached)
+  IoU@k             mean IoU after k = 0, 1, 3, 5 clicks
+
+for three ways of working: text + clicks (expression first, then clicks), clicks only (no expression: SAM's
+click tool; 0 clicks = no mask), text only (no clicks: the first answer stays).
+
+Data: a held-out `shifted` synthetic split generated in memory with its own seed (never seen in training:
+training streams use other seeds, and the `shifted` style is not the demo's training style).
+
+`--backend` runs the same protocol through the real service as well (redis-server, one RQ worker, gunicorn;
+benchmarks/bench_stack.py): each click is an interactive /predict whose context holds all keypoints so far in
+Label Studio's format (percent of the image, `is_positive`), the answer's brush RLE is decoded and scored, and
+the click latency through the queue is reported next to the in-process one. The text answer (0 clicks) comes
+from a batch /predict. Not done yet: the plot docs/annotator_effort.png asked for by issue 10.
+
+Run:  PYTHONPATH=. python benchmarks/annotator_effort.py [--checkpoint demo|CKPT] [--samples 100]
+      [--dense add|replace] [--max-clicks 20] [--backend] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+REPORT_AT = (0, 1, 3, 5)
+MODES = ("text+clicks", "clicks", "text")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def simulate(predictor, image: np.ndarray, gt: np.ndarray, expression: Optional[str], max_clicks: int,
+             stop_at: float = 1.01, latencies: Optional[List[float]] = None) -> List[float]:
+    """IoU after 0..max_clicks clicks for one sample (expression None: clicks only, IoU 0 at 0 clicks).
+
+    Stops early once IoU >= stop_at (the rest is filled with the last IoU)."""
+    from refseg_model.interactive import next_clicks
+
+    target = torch.from_numpy(np.asarray(gt, dtype=bool))[None]
+    if expression:
+        p = predictor.predict_prompts(image, expression)
+        pred, low_res = p.mask, p.low_res  # the first click gets the text's answer as its previous mask
+    else:
+        pred, low_res = np.zeros_like(gt, dtype=bool), None
+    ious = [_iou(pred, gt) if expression else 0.0]
+    points: List[tuple] = []
+    for _ in range(max_clicks):
+        if ious[-1] >= stop_at:
+            ious.append(ious[-1])
+            continue
+        xy, positive, _ = next_clicks(torch.from_numpy(pred)[None], target)
+        points.append((float(xy[0, 0]), float(xy[0, 1]), bool(positive[0])))  # pixel index, as in training
+        t0 = time.perf_counter()
+        [p] = predictor.predict(image, expression or None, points=list(points), mask_input=low_res)
+        if latencies is not None:
+            latencies.append(time.perf_counter() - t0)
+        pred, low_res = p.mask, p.low_res
+        ious.append(_iou(pred, gt))
+    return ious
+
+
+def noc(ious: List[float], threshold: float, max_clicks: int) -> int:
+    for k, v in enumerate(ious):
+        if v >= threshold:
+            return k
+    return max_clicks
+
+
+def run(predictor, samples, max_clicks: int = 20) -> Dict[str, dict]:
+    out: Dict[str, dict] = {}
+    for mode in MODES:
+        curves, lat = [], []
+        for image, gt, expr in samples:
+            if mode == "text":
+                [p] = predictor.predict(image, expr)
+                curves.append([_iou(p.mask, gt)] * (max_clicks + 1))
+                continue
+            curves.append(simulate(predictor, image, gt, expr if mode == "text+clicks" else None, max_clicks,
+                                   latencies=lat))
+        arr = np.array(curves)
+        out[mode] = {
+            "n": len(curves),
+            "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
+            "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
+            **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
+            "click_ms_p50": 1000 * statistics.median(lat) if lat else None,
+        }
+    return out
+
+
+CONFIG_TEXT_CLICKS = ('<View><Image name="image" value="$image"/><Text name="expr" value="$expression"/>'
+                      '<KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/>'
+                      '</KeyPointLabels><BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>'
+                      '</View>')
+CONFIG_CLICKS_ONLY = ('<View><Image name="image" value="$image"/>'
+                      '<KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/>'
+                      '</KeyPointLabels><BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>'
+                      '</View>')
+
+
+def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> Dict[str, dict]:
+    """The protocol through redis + an RQ worker + gunicorn; text+clicks and clicks only."""
+    import os
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import requests
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_stack import ROOT, Stack, free_port, image_server, png
+
+    from labelstudio.brush import rle_to_mask
+    from refseg_model.interactive import next_clicks
+
+    tmp = Path(tempfile.mkdtemp(prefix="refseg-effort-"))
+    paths = [f"/data/upload/1/s{i}.png" for i in range(len(samples))]
+    ls_url = image_server({p: png(img) for p, (img, _, _) in zip(paths, samples)})
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REFSEG_MODEL": checkpoint,
+           "MODEL_DIR": str(tmp / "models"), "DEVICE": "cpu", "LABEL_STUDIO_URL": ls_url,
+           "LABEL_STUDIO_API_KEY": "bench", "PREDICT_BUDGET_S": "120", "INTERACTIVE_TIMEOUT_S": "60",
+           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    stack = Stack(env, tmp)
+
+    def mask_of(res, shape) -> np.ndarray:
+        assert "error" not in res, res.get("error")
+        out = np.zeros(shape, dtype=bool)
+        for r in res.get("result", []):
+            out |= rle_to_mask(r["value"]["rle"], r["original_height"], r["original_width"])
+        return out
+
+    out: Dict[str, dict] = {}
+    try:
+        stack.start_redis()
+        stack.start_worker("interactive,batch", threads, log="worker.log")
+        url = stack.start_web(threads=4, timeout=120)
+        stack.wait_workers(1, 300)
+        for mode in ("text+clicks", "clicks"):
+            text = mode == "text+clicks"
+            config = CONFIG_TEXT_CLICKS if text else CONFIG_CLICKS_ONLY
+            curves, lat = [], []
+            for i, ((img, gt, expr), path) in enumerate(zip(samples, paths)):
+                h, w = gt.shape
+                task = {"id": i + 1, "data": {"image": path, **({"expression": expr} if text else {})}}
+                if text:
+                    r = requests.post(url + "/predict", json={"tasks": [task], "project": "1.1",
+                                      "label_config": config, "params": {"context": None}}, timeout=200)
+                    pred = mask_of(r.json()["results"][0], gt.shape)
+                else:
+                    pred = np.zeros_like(gt, dtype=bool)
+                ious = [_iou(pred, gt) if text else 0.0]
+                items: List[dict] = []
+                target = torch.from_numpy(np.asarray(gt, dtype=bool))[None]
+                for _ in range(max_clicks):
+                    xy, positive, _ = next_clicks(torch.from_numpy(pred)[None], target)
+                    items.append({"type": "keypointlabels", "from_name": "click", "to_name": "image",
+                                  "is_positive": bool(positive[0]), "original_width": w, "original_height": h,
+                                  "value": {"x": float(xy[0, 0]) / w * 100, "y": float(xy[0, 1]) / h * 100,
+                                            "width": 0.5, "keypointlabels": ["object"]}})
+                    t0 = time.perf_counter()
+                    r = requests.post(url + "/predict", json={"tasks": [task], "project": "1.1",
+                                      "label_config": config, "params": {"context": {"result": list(items)}}},
+                                      timeout=120)
+                    lat.append(time.perf_counter() - t0)
+                    r.raise_for_status()
+                    pred = mask_of(r.json()["results"][0], gt.shape)
+                    ious.append(_iou(pred, gt))
+                curves.append(ious)
+            arr = np.array(curves)
+            out[mode] = {
+                "n": len(curves),
+                "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
+                "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
+                **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
+                "click_ms_p50": 1000 * statistics.median(lat) if lat else None,
+            }
+    finally:
+        stack.stop()
+    return out
+
+
+def _table(res: Dict[str, dict], max_clicks: int) -> None:
+    cols = ["NoC@85", "NoC@90"] + [f"IoU@{k}" for k in REPORT_AT if k <= max_clicks] + ["click_ms_p50"]
+    print(f"{'mode':<12}" + "".join(f"{c:>13}" for c in cols))
+    for mode, r in res.items():
+        print(f"{mode:<12}" + "".join(f"{r[c]:>13.3f}" if r[c] is not None else f"{'-':>13}" for c in cols))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default="demo")
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=20_261_202)
+    ap.add_argument("--max-clicks", type=int, default=20)
+    ap.add_argument("--dense", choices=["add", "replace"], default=None,
+                    help="override the checkpoint's interactive_dense (how the previous mask meets the text)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", action="store_true", help="also through redis + RQ worker + gunicorn")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from refseg_model.data.sources import synth_val_samples
+    from refseg_model.predictor import RefSegPredictor
+
+    predictor = RefSegPredictor.from_spec(args.checkpoint, cache_size=8)
+    if args.dense:
+        predictor.model.cfg.interactive_dense = args.dense
+    samples = synth_val_samples("shifted", predictor.image_size, args.samples, seed=args.seed)
+    t0 = time.time()
+    res = run(predictor, samples, args.max_clicks)
+    print(f"checkpoint {args.checkpoint} ({predictor.version}), dense {predictor.model.cfg.interactive_dense}, "
+          f"{len(samples)} held-out shifted samples, {time.time() - t0:.0f} s")
+    _table(res, args.max_clicks)
+    backend = None
+    if args.backend:
+        if args.dense:
+            print("note: --dense applies in-process only; the worker uses the checkpoint's own setting")
+        t0 = time.time()
+        backend = run_backend(args.checkpoint, samples, args.max_clicks, args.threads or 1)
+        print(f"through the backend (redis + RQ worker + gunicorn), {time.time() - t0:.0f} s")
+        _table(backend, args.max_clicks)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": args.checkpoint, "version": predictor.version,
+                       "dense": predictor.model.cfg.interactive_dense, "results": res, "backend": backend}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

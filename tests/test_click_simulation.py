@@ -1,0 +1,88 @@
+"""Simulated clicks (refseg_model/interactive.py) and interactive training steps (train.interactive_plan)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refseg_model.checkpoint import load_model
+from refseg_model.interactive import boxes_of, depth, iou, next_clicks, random_points_in
+from refseg_model.train import _interactive_forward, interactive_plan
+
+torch.set_num_threads(1)
+
+
+def _rect(h, w, y0, y1, x0, x1):
+    m = torch.zeros(1, h, w, dtype=torch.bool)
+    m[0, y0:y1, x0:x1] = True
+    return m
+
+
+def test_first_click_is_the_deepest_target_point():
+    target = _rect(40, 60, 10, 31, 5, 26)  # 21 x 21 square centred at (15, 20)
+    xy, positive, has_error = next_clicks(torch.zeros_like(target), target)
+    assert positive.item() and has_error.item()
+    assert xy[0].tolist() == [15.0, 20.0]
+
+
+def test_false_area_gets_a_negative_click_missed_target_a_positive_one():
+    target = _rect(40, 60, 5, 15, 5, 15)
+    spill = target | _rect(40, 60, 20, 38, 30, 58)  # a big false area
+    xy, positive, _ = next_clicks(spill, target)
+    assert not positive.item()
+    x, y = xy[0].tolist()
+    assert 30 <= x < 58 and 20 <= y < 38
+    miss = _rect(40, 60, 5, 8, 5, 8)  # most of the target missed
+    xy, positive, _ = next_clicks(miss, target)
+    assert positive.item() and target[0, int(xy[0, 1]), int(xy[0, 0])]
+    xy, positive, has_error = next_clicks(target, target)  # nothing to correct
+    assert not has_error.item()
+
+
+def test_clicks_stay_inside_valid_pixels():
+    target = _rect(32, 32, 0, 32, 0, 32)
+    valid = _rect(32, 32, 0, 20, 0, 32)
+    xy, _, _ = next_clicks(torch.zeros_like(target), target, valid)
+    assert xy[0, 1] < 20
+
+
+def test_depth_and_boxes():
+    r = _rect(20, 20, 2, 9, 3, 12)
+    d = depth(r)
+    assert d[~r].eq(0).all() and d.max() >= 4
+    assert boxes_of(r)[0].tolist() == [3.0, 2.0, 12.0, 9.0]
+    g = torch.Generator().manual_seed(0)
+    jittered = boxes_of(r, g)[0]
+    assert (jittered - torch.tensor([3.0, 2.0, 12.0, 9.0])).abs().max() <= 1.0  # 10 % of a 9 px side
+    xy, ok = random_points_in(r, torch.Generator().manual_seed(1))
+    assert ok.item() and r[0, int(xy[0, 1]), int(xy[0, 0])]
+    assert iou(r, r).item() == 1.0
+
+
+def test_plan_is_a_function_of_seed_rank_step():
+    a = interactive_plan(8, 0.5, seed=0, rank=0, step=3)
+    assert a == interactive_plan(8, 0.5, seed=0, rank=0, step=3)
+    assert a["rows"] == 4 and len(a["kinds"]) == 4 and 1 <= a["corrections"] <= 3
+    assert interactive_plan(8, 0.0, 0, 0, 3) is None
+    plans = [interactive_plan(8, 1.0, 0, 0, s) for s in range(20)]
+    assert {k for p in plans for k in p["kinds"]} == {"text", "click", "box", "text+click"}
+    assert {p["corrections"] for p in plans} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("spec", ["tiny", "tiny-sam2.1"])
+def test_interactive_forward_trains_the_decoder_on_the_last_pass(spec):
+    torch.manual_seed(0)
+    model, _ = load_model(spec)
+    model.train()
+    s = model.image_size
+    images = torch.rand(4, 3, s, s)
+    target = torch.zeros(4, 1, s, s)
+    target[:, :, 10:40, 12:30] = 1
+    valid = torch.ones_like(target)
+    tok = model.encoder.tokenize(["a", "b", "c", "d"])
+    plan = {"rows": 3, "kinds": ["click", "box", "text+click"], "corrections": 2, "seed": 5}
+    out = _interactive_forward(model, images, tok["input_ids"], tok["attention_mask"], target, valid, **plan)
+    m = model.sam.mask_input_size
+    assert out.mask_logits.shape == (4, 1, m, m)
+    out.mask_logits.sum().backward()
+    assert model.sam.prompt_encoder.point_embeddings[1].weight.grad is not None  # positive clicks were used
+    assert model.sam.mask_decoder.iou_token.weight.grad is not None
