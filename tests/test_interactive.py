@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from refseg_model.checkpoint import load_model
-from refseg_model.modeling.refseg import TextPrompts, geometry_tensors
+from refseg_model.modeling.refseg import geometry_tensors
 from refseg_model.predictor import RefSegPredictor
 
 torch.set_num_threads(1)
