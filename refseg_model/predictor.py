@@ -26,7 +26,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -69,17 +69,17 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class EmbeddingCache:
-    """LRU cache of image embeddings, thread-safe; `capacity` images."""
+class LRUCache:
+    """Thread-safe least-recently-used map with hit/miss counts; `capacity` items (0 = keeps nothing)."""
 
-    def __init__(self, capacity: int = 32) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = max(0, int(capacity))
-        self._items: "OrderedDict[str, CachedImage]" = OrderedDict()
+        self._items: "OrderedDict[Hashable, object]" = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> Optional[CachedImage]:
+    def get(self, key: Hashable):
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -89,7 +89,7 @@ class EmbeddingCache:
             self.hits += 1
             return item
 
-    def put(self, key: str, item: CachedImage) -> None:
+    def put(self, key: Hashable, item) -> None:
         if self.capacity == 0:
             return
         with self._lock:
@@ -106,45 +106,26 @@ class EmbeddingCache:
         return len(self._items)
 
 
-class AnswerMemory:
+class EmbeddingCache(LRUCache):
+    """Image embeddings (`CachedImage`) by image key (`image_key`); `capacity` images."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        super().__init__(capacity)
+
+
+class AnswerMemory(LRUCache):
     """Low-res logits (1 x 1 x M x M, CPU) of recent interactive answers, LRU, keyed by (image key, expression,
     clicks, box): lets a request that carries all clicks so far find the answer to its prefix (the same clicks
     minus the last) and pass it back as the dense prompt, as SAM / RITM do. M x M floats each (64 KiB for the
     demo model, 256 KiB for SAM at 1024 px)."""
 
     def __init__(self, capacity: int = 128) -> None:
-        self.capacity = max(0, int(capacity))
-        self._items: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        super().__init__(capacity)
 
     @staticmethod
     def key(image: str, expression: Optional[str], points: Sequence[Point], box: Optional[Box]) -> tuple:
         return (image, expression or None, tuple((float(x), float(y), bool(p)) for x, y, p in points),
                 None if box is None else tuple(float(v) for v in box))
-
-    def get(self, key: tuple) -> Optional[torch.Tensor]:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return item
-
-    def put(self, key: tuple, logits: torch.Tensor) -> None:
-        if self.capacity == 0:
-            return
-        with self._lock:
-            self._items[key] = logits
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def stability_score(logits: torch.Tensor, offset: float = 1.0) -> torch.Tensor:

@@ -2,22 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from click_configs import CLICKS, CLICKS_ONLY
 
 from labelstudio.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
 from labelstudio.prompts import MAX_POINTS, PromptError, parse_prompts, prompts_from_json, rescale
-
-CLICKS = """<View>
-  <Image name="image" value="$image"/>
-  <Text name="expr" value="$expression"/>
-  <KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/></KeyPointLabels>
-  <RectangleLabels name="box" toName="image" smart="true"><Label value="object"/></RectangleLabels>
-  <BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>
-</View>"""
-CLICKS_ONLY = """<View>
-  <Image name="image" value="$image"/>
-  <KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/></KeyPointLabels>
-  <BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>
-</View>"""
 
 
 def kp(x, y, positive=True, w=200, h=100, label="object", **extra):

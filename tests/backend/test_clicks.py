@@ -10,22 +10,12 @@ import numpy as np
 import pytest
 import requests
 from backend_support import png, scene, wait_for
+from click_configs import CLICKS as CONFIG_CLICKS
+from click_configs import CLICKS_ONLY as CONFIG_CLICKS_ONLY
 from label_studio_sdk.converter.brush import decode_rle
 
 from refseg_model.predictor import AnswerMemory
 
-CONFIG_CLICKS = """<View>
-  <Image name="image" value="$image"/>
-  <Text name="expr" value="$expression"/>
-  <KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/></KeyPointLabels>
-  <RectangleLabels name="box" toName="image" smart="true"><Label value="object"/></RectangleLabels>
-  <BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>
-</View>"""
-CONFIG_CLICKS_ONLY = """<View>
-  <Image name="image" value="$image"/>
-  <KeyPointLabels name="click" toName="image" smart="true"><Label value="object"/></KeyPointLabels>
-  <BrushLabels name="mask" toName="image"><Label value="target"/></BrushLabels>
-</View>"""
 PROJECT = 21
 
 
