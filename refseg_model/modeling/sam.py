@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config import SamConfig
+from .segmenter import Segmenter
 from .weights import load_exactly, load_state_dict_file
 
 SAM_VARIANTS: Dict[str, dict] = {
@@ -32,7 +33,7 @@ SAM_VARIANTS: Dict[str, dict] = {
 }
 
 
-class SamSegmenter(nn.Module):
+class SamSegmenter(Segmenter):
     """SAM's three parts; the image encoder is frozen by default (optionally LoRA-tuned)."""
 
     def __init__(self, cfg: SamConfig) -> None:
@@ -76,15 +77,7 @@ class SamSegmenter(nn.Module):
         # SAM's pixel statistics (0-255 scale), applied to [0, 1] inputs after scaling.
         self.register_buffer("pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1) / 255.0, False)
         self.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1) / 255.0, False)
-        if cfg.checkpoint:
-            self.load_official(cfg.checkpoint)
-        if cfg.freeze_image_encoder:
-            for p in self.image_encoder.parameters():
-                p.requires_grad_(False)
-        if cfg.lora_rank > 0:
-            from .lora import add_lora
-
-            add_lora(self.image_encoder, ["qkv", "proj"], cfg.lora_rank)
+        self.finish_init(cfg, ["qkv", "proj"])
 
     @property
     def mask_input_size(self) -> int:
@@ -100,10 +93,6 @@ class SamSegmenter(nn.Module):
     def encode_image(self, images01: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """images01: B x 3 x S x S in [0, 1] (padded) -> (image embedding B x C x e x e, no high-res features)."""
         return self.image_encoder((images01 - self.pixel_mean) / self.pixel_std), ()
-
-    def embed_dense(self, dense_logits: torch.Tensor) -> torch.Tensor:
-        """Mask-input logits B x 1 x 4e x 4e -> dense prompt embedding B x C x e x e."""
-        return self.prompt_encoder._embed_masks(dense_logits)
 
     def decode(
         self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..config import SamConfig
+from .segmenter import Segmenter
 from .weights import load_exactly, load_state_dict_file
 
 # Published SAM 2.1 variants: the config file in the `sam2` package and the checkpoint file of Meta's release.
@@ -111,7 +112,7 @@ def _hiera_kwargs(cfg: SamConfig) -> Dict[str, Any]:
     return hiera
 
 
-class Sam2Segmenter(nn.Module):
+class Sam2Segmenter(Segmenter):
     """SAM 2.1's single-image parts; the image encoder is frozen by default (optionally LoRA-tuned)."""
 
     def __init__(self, cfg: SamConfig) -> None:
@@ -173,15 +174,7 @@ class Sam2Segmenter(nn.Module):
         # ImageNet statistics on [0, 1] inputs (SAM2Transforms' normalisation).
         self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), False)
-        if cfg.checkpoint:
-            self.load_official(cfg.checkpoint)
-        if cfg.freeze_image_encoder:
-            for p in self.image_encoder.parameters():
-                p.requires_grad_(False)
-        if cfg.lora_rank > 0:
-            from .lora import add_lora
-
-            add_lora(self.image_encoder, LORA_TARGETS, cfg.lora_rank)
+        self.finish_init(cfg, LORA_TARGETS)
 
     @property
     def mask_input_size(self) -> int:
@@ -218,10 +211,6 @@ class Sam2Segmenter(nn.Module):
         s1 = self.mask_decoder.conv_s1(fpn[1])
         embedding = fpn[2] + self.no_mem_embed.view(1, -1, 1, 1)
         return embedding, (s0, s1)
-
-    def embed_dense(self, dense_logits: torch.Tensor) -> torch.Tensor:
-        """Mask-input logits B x 1 x 4e x 4e -> dense prompt embedding B x C x e x e."""
-        return self.prompt_encoder._embed_masks(dense_logits)
 
     def decode(
         self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
