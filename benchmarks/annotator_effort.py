@@ -80,6 +80,18 @@ def noc(ious: List[float], threshold: float, max_clicks: int) -> int:
     return max_clicks
 
 
+def summarise(curves, latencies, max_clicks: int) -> dict:
+    """IoU-after-k-clicks curves (one per sample) -> NoC@85/90, mean IoU after REPORT_AT clicks, click p50."""
+    arr = np.array(curves)
+    return {
+        "n": len(curves),
+        "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
+        "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
+        **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
+        "click_ms_p50": 1000 * statistics.median(latencies) if latencies else None,
+    }
+
+
 def run(predictor, samples, max_clicks: int = 20) -> Dict[str, dict]:
     out: Dict[str, dict] = {}
     for mode in MODES:
@@ -91,14 +103,7 @@ def run(predictor, samples, max_clicks: int = 20) -> Dict[str, dict]:
                 continue
             curves.append(simulate(predictor, image, gt, expr if mode == "text+clicks" else None, max_clicks,
                                    latencies=lat))
-        arr = np.array(curves)
-        out[mode] = {
-            "n": len(curves),
-            "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
-            "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
-            **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
-            "click_ms_p50": 1000 * statistics.median(lat) if lat else None,
-        }
+        out[mode] = summarise(curves, lat, max_clicks)
     return out
 
 
@@ -180,14 +185,7 @@ def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> 
                     pred = mask_of(r.json()["results"][0], gt.shape)
                     ious.append(_iou(pred, gt))
                 curves.append(ious)
-            arr = np.array(curves)
-            out[mode] = {
-                "n": len(curves),
-                "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
-                "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
-                **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
-                "click_ms_p50": 1000 * statistics.median(lat) if lat else None,
-            }
+            out[mode] = summarise(curves, lat, max_clicks)
     finally:
         stack.stop()
     return out
