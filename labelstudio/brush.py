@@ -241,6 +241,16 @@ def _windows(data: np.ndarray, start: int, stop: int) -> list[int]:
     return win.tolist()
 
 
+def _window_chunk(data: np.ndarray, b: int, decoded: int, num: int) -> tuple[int, int, list[int]]:
+    """The next chunk of 64-bit windows, starting at byte `b`: (first byte, one past the last, windows).
+    The decoder refills from here once per `_WINDOW_CHUNK` bytes; a `b` past the data is a truncated stream."""
+    nbytes = int(data.size)
+    if b >= nbytes:
+        raise ValueError(f"rle truncated: decoded {decoded} of {num} values")
+    limit = min(b + _WINDOW_CHUNK, nbytes)
+    return b, limit, _windows(data, b, limit)
+
+
 def rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray:
     """Decode Label Studio brush RLE into an HxW bool mask (alpha channel > 0).
 
@@ -289,10 +299,7 @@ def rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray:
     while i < num:
         b = p >> 3
         if b >= limit:
-            if b >= nbytes:
-                raise ValueError(f"rle truncated: decoded {i} of {num} values")
-            base, limit = b, min(b + _WINDOW_CHUNK, nbytes)
-            win = _windows(data, base, limit)
+            base, limit, win = _window_chunk(data, b, i, num)
         rem = 64 - (p & 7)  # bits of the window from p onwards
         v = win[b - base]
         rep = (v >> (rem - 1)) & 1
@@ -311,10 +318,7 @@ def rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray:
             while i < j:
                 b = p >> 3
                 if b >= limit:
-                    if b >= nbytes:
-                        raise ValueError(f"rle truncated: decoded {i} of {num} values")
-                    base, limit = b, min(b + _WINDOW_CHUNK, nbytes)
-                    win = _windows(data, base, limit)
+                    base, limit, win = _window_chunk(data, b, i, num)
                 add_start(i)
                 add_on(((win[b - base] >> (64 - (p & 7) - word_size)) & wmask) != 0)
                 p += word_size

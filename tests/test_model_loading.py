@@ -156,16 +156,22 @@ def sam_file(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- CLIP / SigLIP
-def test_clip_save_pretrained_dir_loads(clip_dir):
-    d, saved = clip_dir
+def _load_saved_dir(kind, d, saved, max_text_length, mean, std) -> DualModalEncoder:
+    """A `save_pretrained` directory (model, tokenizer, image processor) loaded as a `kind` encoder: the very
+    weights that were saved, and the normalisation from the saved image processor, not the family defaults."""
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
         p.name for p in d.iterdir()
     }
-    enc = DualModalEncoder(EncoderConfig(kind="clip", pretrained=str(d), max_text_length=32))
+    enc = DualModalEncoder(EncoderConfig(kind=kind, pretrained=str(d), max_text_length=max_text_length))
     assert_same_state(saved.state_dict(), enc.model.state_dict())
-    # normalisation from the saved image processor, not the family defaults
-    assert enc.image_mean == pytest.approx(CLIP_MEAN)
-    assert enc.image_std == pytest.approx(CLIP_STD)
+    assert enc.image_mean == pytest.approx(mean)
+    assert enc.image_std == pytest.approx(std)
+    return enc
+
+
+def test_clip_save_pretrained_dir_loads(clip_dir):
+    d, saved = clip_dir
+    enc = _load_saved_dir("clip", d, saved, 32, CLIP_MEAN, CLIP_STD)
     assert (enc.image_size, enc.grid, enc.vision_dim, enc.text_dim, enc.embed_dim) == (64, 4, 32, 32, 32)
     # the tokenizer came from the directory, and features match the saved model's own
     tok = enc.tokenize(["the red box", "a small white storage tank"])
@@ -210,13 +216,7 @@ def siglip_dir(tmp_path_factory):
 
 def test_siglip_save_pretrained_dir_loads(siglip_dir):
     d, saved = siglip_dir
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
-        p.name for p in d.iterdir()
-    }
-    enc = DualModalEncoder(EncoderConfig(kind="siglip", pretrained=str(d), max_text_length=16))
-    assert_same_state(saved.state_dict(), enc.model.state_dict())
-    assert enc.image_mean == pytest.approx(SIGLIP_MEAN)
-    assert enc.image_std == pytest.approx(SIGLIP_STD)
+    enc = _load_saved_dir("siglip", d, saved, 16, SIGLIP_MEAN, SIGLIP_STD)
     assert (enc.grid, enc.vision_dim, enc.text_dim, enc.embed_dim) == (4, 32, 32, 32)
     tok = enc.tokenize(["the red box", "a plane"])
     assert tok["input_ids"].shape == (2, 16)  # SigLIP: fixed-length padding

@@ -41,7 +41,6 @@ class SamSegmenter(Segmenter):
         from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
         self.cfg = cfg
-        e = cfg.embedding_size
         self.image_encoder = ImageEncoderViT(
             depth=cfg.encoder_depth,
             embed_dim=cfg.encoder_embed_dim,
@@ -56,24 +55,7 @@ class SamSegmenter(Segmenter):
             window_size=cfg.window_size,
             out_chans=cfg.prompt_embed_dim,
         )
-        self.prompt_encoder = PromptEncoder(
-            embed_dim=cfg.prompt_embed_dim,
-            image_embedding_size=(e, e),
-            input_image_size=(cfg.image_size, cfg.image_size),
-            mask_in_chans=cfg.mask_in_chans,
-        )
-        self.mask_decoder = MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=cfg.decoder_depth,
-                embedding_dim=cfg.prompt_embed_dim,
-                mlp_dim=cfg.decoder_mlp_dim,
-                num_heads=cfg.decoder_num_heads,
-            ),
-            transformer_dim=cfg.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        )
+        self.build_prompt_and_decoder(cfg, PromptEncoder, MaskDecoder, TwoWayTransformer)
         # SAM's pixel statistics (0-255 scale), applied to [0, 1] inputs after scaling.
         self.register_buffer("pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1) / 255.0, False)
         self.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1) / 255.0, False)

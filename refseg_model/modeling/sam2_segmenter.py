@@ -145,21 +145,11 @@ class Sam2Segmenter(Segmenter):
             fpn_interp_model=cfg.fpn_interp_model,
         )
         self.image_encoder = ImageEncoder(trunk=trunk, neck=neck, scalp=cfg.scalp)
-        e = cfg.embedding_size
-        self.prompt_encoder = PromptEncoder(
-            embed_dim=c,
-            image_embedding_size=(e, e),
-            input_image_size=(cfg.image_size, cfg.image_size),
-            mask_in_chans=cfg.mask_in_chans,
-        )
-        self.mask_decoder = MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=cfg.decoder_depth, embedding_dim=c, mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads
-            ),
-            transformer_dim=c,
-            iou_head_depth=3,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        self.build_prompt_and_decoder(
+            cfg,
+            PromptEncoder,
+            MaskDecoder,
+            TwoWayTransformer,
             use_high_res_features=SAM2_MODEL_FLAGS["use_high_res_features_in_sam"],
             iou_prediction_use_sigmoid=SAM2_MODEL_FLAGS["iou_prediction_use_sigmoid"],
             pred_obj_scores=SAM2_MODEL_FLAGS["pred_obj_scores"],

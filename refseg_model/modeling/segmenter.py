@@ -14,6 +14,28 @@ class Segmenter(nn.Module):
     """Base of `SamSegmenter` and `Sam2Segmenter`; subclasses build `image_encoder`, `prompt_encoder`,
     `mask_decoder`, then call `finish_init`."""
 
+    def build_prompt_and_decoder(self, cfg: SamConfig, prompt_encoder_cls, mask_decoder_cls, transformer_cls,
+                                 **decoder_flags) -> None:
+        """`prompt_encoder` and `mask_decoder` from segment-anything's or sam2's classes, which take the same
+        core arguments (C = cfg.prompt_embed_dim, e = cfg.embedding_size); `decoder_flags` are the SAM 2 extras."""
+        c, e = cfg.prompt_embed_dim, cfg.embedding_size
+        self.prompt_encoder = prompt_encoder_cls(
+            embed_dim=c,
+            image_embedding_size=(e, e),
+            input_image_size=(cfg.image_size, cfg.image_size),
+            mask_in_chans=cfg.mask_in_chans,
+        )
+        self.mask_decoder = mask_decoder_cls(
+            num_multimask_outputs=3,
+            transformer=transformer_cls(
+                depth=cfg.decoder_depth, embedding_dim=c, mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads
+            ),
+            transformer_dim=c,
+            iou_head_depth=3,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+            **decoder_flags,
+        )
+
     def finish_init(self, cfg: SamConfig, lora_targets: Union[str, Sequence[str]]) -> None:
         """Published weights first (`cfg.checkpoint`), then the image encoder frozen and/or LoRA-adapted, so
         that adapters start from the loaded weights. `lora_targets`: module names or a regex, as peft takes them."""

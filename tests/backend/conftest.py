@@ -11,21 +11,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from backend_support import free_port, running_redis, save_sharpened_tiny, stop_processes, wait_for, wait_for_health
-from fake_ls import TOKEN, FakeLabelStudio
+from backend_support import free_port, running_redis, stop_processes, wait_for, wait_for_health
+from fake_ls import TOKEN
+from service_fixtures import fake_ls, tiny_checkpoint, tmp_root  # noqa: F401 (fixtures, shared with tests/reliability)
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-
-@pytest.fixture(scope="session")
-def tmp_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("backend")
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_root):
-    return save_sharpened_tiny(tmp_root / "base-ckpt", "tiny-test")
 
 
 @pytest.fixture(scope="session")
@@ -42,13 +33,6 @@ def local_predictor(tiny_checkpoint):
 def redis_url(tmp_root):
     with running_redis(tmp_root / "redis") as url:
         yield url
-
-
-@pytest.fixture(scope="session")
-def fake_ls():
-    ls = FakeLabelStudio()
-    yield ls
-    ls.close()
 
 
 @pytest.fixture(scope="session")

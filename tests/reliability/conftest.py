@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import pytest
 from rel_stack import Stack  # also puts tests/backend's helpers on sys.path
+from service_fixtures import fake_ls, tiny_checkpoint, tmp_root  # noqa: F401 (fixtures, shared with tests/backend)
 
 
 @pytest.fixture(scope="session")
-def rel_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("reliability")
-
-
-@pytest.fixture(scope="session")
-def rel_checkpoint(rel_root):
-    """The tiny preset with sharpened last layer, as in tests/backend (masks vary with the input)."""
-    from backend_support import save_sharpened_tiny
-
-    return save_sharpened_tiny(rel_root / "base-ckpt", "tiny-test")
-
-
-@pytest.fixture(scope="session")
-def rel_ls():
-    from fake_ls import FakeLabelStudio
-
-    ls = FakeLabelStudio()
-    yield ls
-    ls.close()
-
-
-@pytest.fixture(scope="session")
-def stack(rel_root, rel_checkpoint, rel_ls):
+def stack(tmp_root, tiny_checkpoint, fake_ls):
     import shutil
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    s = Stack(rel_root / "shared", rel_checkpoint, rel_ls.url)
+    s = Stack(tmp_root / "shared", tiny_checkpoint, fake_ls.url)
     try:
         yield s.start()
     finally:

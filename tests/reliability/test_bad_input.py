@@ -19,18 +19,18 @@ from rel_stack import AUTH, BlackHole
 PROJECT = "21.1712345678"
 
 
-def _good_task(rel_ls, tid: int, expression: str = "the bright block", project: int = 21) -> dict:
+def _good_task(fake_ls, tid: int, expression: str = "the bright block", project: int = 21) -> dict:
     img, _ = scene(tid)
     path = f"/data/upload/{project}/good{tid}.png"
-    rel_ls.files[path] = png(img)
+    fake_ls.files[path] = png(img)
     return {"id": tid, "project": project, "data": {"image": path, "expression": expression}}
 
 
-def _assert_alive(stack, rel_ls, tid: int) -> None:
+def _assert_alive(stack, fake_ls, tid: int) -> None:
     """The workers are still running and a good request is answered with a real prediction."""
     for name, (proc, _, log_path) in stack.workers.items():
         assert proc.poll() is None, f"worker {name} died: {log_path.read_text()[-2000:]}"
-    body = {"tasks": [_good_task(rel_ls, tid)], "project": PROJECT, "label_config": CONFIG_TEXT}
+    body = {"tasks": [_good_task(fake_ls, tid)], "project": PROJECT, "label_config": CONFIG_TEXT}
     r = stack.post("/predict", json=body)
     assert r.status_code == 200, r.text
     [res] = r.json()["results"]
@@ -38,8 +38,8 @@ def _assert_alive(stack, rel_ls, tid: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ request level
-def test_malformed_requests_get_4xx(stack, rel_ls):
-    good_task = _good_task(rel_ls, 2100)
+def test_malformed_requests_get_4xx(stack, fake_ls):
+    good_task = _good_task(fake_ls, 2100)
     no_brush = '<View><Image name="image" value="$image"/><Text name="t" value="$expression"/>' \
                '<Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
     cases = [
@@ -81,7 +81,7 @@ def test_malformed_requests_get_4xx(stack, rel_ls):
     assert requests.post(stack.url + "/predict", json={"tasks": [good_task]}, timeout=5).status_code == 401
     assert stack.session.get(stack.url + "/predict", timeout=5).status_code == 405
     assert stack.session.get(stack.url + "/nope", timeout=5).status_code == 404
-    _assert_alive(stack, rel_ls, 2101)
+    _assert_alive(stack, fake_ls, 2101)
 
 
 # ------------------------------------------------------------------------------------------ image payloads
@@ -148,7 +148,7 @@ class _Redirector:
         self.server.server_close()
 
 
-def test_bad_tasks_and_images_fail_only_their_task(stack, rel_ls):
+def test_bad_tasks_and_images_fail_only_their_task(stack, fake_ls):
     private = BlackHole("127.0.0.2")  # MEDIA_ALLOWED_HOSTS="*,127.0.0.1": 127.0.0.2 is neither named nor public
     silent = BlackHole("127.0.0.1")  # allowed by name; accepts and never answers
     redirect = _Redirector(private.url + "/metadata")
@@ -165,7 +165,7 @@ def test_bad_tasks_and_images_fail_only_their_task(stack, rel_ls):
             tid += 1
             cases.append(({"id": tid, "project": 21, "data": data}, expect))
 
-        url = _good_task(rel_ls, 2199)["data"]["image"]
+        url = _good_task(fake_ls, 2199)["data"]["image"]
         add({"image": url}, "no referring expression")
         add({"image": url, "expression": ""}, "no referring expression")
         add({"image": url, "expression": "   \n\t"}, "no referring expression")
@@ -190,7 +190,7 @@ def test_bad_tasks_and_images_fail_only_their_task(stack, rel_ls):
         add({"image": "relative/path.png", "expression": "x"}, "relative image URL")
         for name, (data, expect) in _image_variants().items():
             path = f"/data/upload/21/{name.replace(' ', '_')}.img"
-            rel_ls.files[path] = data
+            fake_ls.files[path] = data
             add({"image": path, "expression": name}, expect)
         add({"image": "data:image/png;base64," + base64.b64encode(png(img)).decode(), "expression": "x"}, None)
         add({"image": "data:image/png;base64,!!!notbase64", "expression": "x"}, "image")
@@ -212,11 +212,11 @@ def test_bad_tasks_and_images_fail_only_their_task(stack, rel_ls):
         private.close()
         silent.close()
         redirect.close()
-    _assert_alive(stack, rel_ls, 2299)
+    _assert_alive(stack, fake_ls, 2299)
 
 
-def test_interactive_bad_input(stack, rel_ls):
-    task = _good_task(rel_ls, 2300)
+def test_interactive_bad_input(stack, fake_ls):
+    task = _good_task(fake_ls, 2300)
     task["data"].pop("expression")
 
     def ask(context):
@@ -242,27 +242,27 @@ def test_interactive_bad_input(stack, rel_ls):
         if r.status_code == 200:
             [res] = r.json()["results"]
             assert "error" in res or isinstance(res["result"], list)
-    _assert_alive(stack, rel_ls, 2301)
+    _assert_alive(stack, fake_ls, 2301)
 
 
 # --------------------------------------------------------------------------------------------------- secrets
-def test_secrets_never_logged(stack, rel_ls):
+def test_secrets_never_logged(stack, fake_ls):
     """LOG_LEVEL=DEBUG everywhere (gunicorn too): the LS API key and the basic-auth password stay out of logs,
     after requests that use both (an LS media download, a fine-tune pulling from LS, failed logins)."""
     import json
 
     from backend_support import project_key, wait_for
 
-    _assert_alive(stack, rel_ls, 2400)
+    _assert_alive(stack, fake_ls, 2400)
     requests.post(stack.url + "/setup", json={}, auth=("ls-user", "wrong-" + AUTH[1]), timeout=5)
-    rel_ls.add_project(24, CONFIG_TEXT, iso(STAMP))
+    fake_ls.add_project(24, CONFIG_TEXT, iso(STAMP))
     r = stack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(24)})
     assert r.status_code == 201
-    key = project_key(24, rel_ls.url)
+    key = project_key(24, fake_ls.url)
     wait_for(lambda: json.loads(stack.state().hget(f"refseg:stats:finetune:{key}", "state") or "null") in
              ("skipped", "failed", "promoted", "rejected"), 90, "the fine-tune of project 24 (pulled from LS) to end",
              0.3)
-    assert any(p.startswith("/api/tasks?") and "project=24" in p for _, p in rel_ls.requests)
+    assert any(p.startswith("/api/tasks?") and "project=24" in p for _, p in fake_ls.requests)
     logs = stack.logs()
     assert "DEBUG" in logs  # the level really is DEBUG
     encoded = base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode()

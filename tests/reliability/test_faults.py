@@ -28,12 +28,12 @@ BUDGET_S = 6.0
 
 
 @pytest.fixture(scope="module")
-def fstack(rel_root, rel_checkpoint, rel_ls):
+def fstack(tmp_root, tiny_checkpoint, fake_ls):
     import shutil
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    s = Stack(rel_root / "faults", rel_checkpoint, rel_ls.url, PREDICT_BUDGET_S=BUDGET_S, BATCH_CHUNK_SIZE=1,
+    s = Stack(tmp_root / "faults", tiny_checkpoint, fake_ls.url, PREDICT_BUDGET_S=BUDGET_S, BATCH_CHUNK_SIZE=1,
               MEDIA_TIMEOUT_S=60, INTERACTIVE_TIMEOUT_S=5, LOG_LEVEL="INFO")
     try:
         yield s.start()
@@ -78,11 +78,11 @@ def _body(tasks, project="41.1"):
     return {"tasks": tasks, "project": project, "label_config": CONFIG_TEXT, "params": {"context": None}}
 
 
-def test_worker_sigkilled_mid_prediction(fstack, rel_ls):
+def test_worker_sigkilled_mid_prediction(fstack, fake_ls):
     img, _ = scene(4001)
-    rel_ls.add_project(41, CONFIG_TEXT, iso(1))  # "41.1": B's late prediction goes to the project created then
+    fake_ls.add_project(41, CONFIG_TEXT, iso(1))  # "41.1": B's late prediction goes to the project created then
     gated = GatedImages(png(img))
-    rel_ls.files["/data/upload/41/b.png"] = png(scene(4002)[0])
+    fake_ls.files["/data/upload/41/b.png"] = png(scene(4002)[0])
     task_a = {"id": 4001, "project": 41, "data": {"image": gated.url + "/a.png", "expression": "the block"}}
     task_b = {"id": 4002, "project": 41, "data": {"image": "/data/upload/41/b.png", "expression": "the block"}}
     out = {}
@@ -110,7 +110,7 @@ def test_worker_sigkilled_mid_prediction(fstack, rel_ls):
         fstack.start_worker("infer2", "interactive,batch")
         fstack.wait_workers(["infer2"])
         if res_b.get("pending"):  # the new worker drains the queue and posts B's late prediction
-            wait_for(lambda: rel_ls.predictions_for([4002]), 60, "B's late prediction")
+            wait_for(lambda: fake_ls.predictions_for([4002]), 60, "B's late prediction")
         # asking again: A is predicted now (its dead job does not hold it hostage as "pending")
         def predicted():
             [res] = fstack.post("/predict", json=_body([task_a]), timeout=60).json()["results"]
@@ -118,7 +118,7 @@ def test_worker_sigkilled_mid_prediction(fstack, rel_ls):
 
         wait_for(predicted, 45, "task A to be predicted after the worker restart", 1.0)  # the dead key expires (15 s)
         wait_for(lambda: queues_idle(fstack.rq()), 60, "every prediction job to end")  # no post can follow
-        assert len(rel_ls.predictions_for([4002])) <= 1  # never two predictions for one task
+        assert len(fake_ls.predictions_for([4002])) <= 1  # never two predictions for one task
     finally:
         gated.close()
 
@@ -128,9 +128,9 @@ def _finetune_state(fstack, project: str) -> dict:
     return {k: json.loads(v) for k, v in raw.items()}
 
 
-def test_unwritable_model_dir_fails_the_finetune_and_keeps_serving(fstack, rel_ls):
-    project = add_annotated_project(rel_ls, 61, 6100, 4)
-    key = project_key(61, rel_ls.url)
+def test_unwritable_model_dir_fails_the_finetune_and_keeps_serving(fstack, fake_ls):
+    project = add_annotated_project(fake_ls, 61, 6100, 4)
+    key = project_key(61, fake_ls.url)
     setup = {"project": project, "schema": CONFIG_TEXT}
     assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test"
     blocker = fstack.model_dir / key
@@ -146,7 +146,7 @@ def test_unwritable_model_dir_fails_the_finetune_and_keeps_serving(fstack, rel_l
     assert fstack.state().hgetall(f"refseg:project:{key}:model") == {}
     assert blocker.is_file()  # nothing half-written was promoted in its place
     # still serving with the unchanged version
-    rel_ls.files["/data/upload/61/x.png"] = png(scene(6199)[0])
+    fake_ls.files["/data/upload/61/x.png"] = png(scene(6199)[0])
     [res] = fstack.post("/predict", json=_body([{"id": 6199, "data": {"image": "/data/upload/61/x.png",
                                                                       "expression": "x"}}], project)).json()["results"]
     assert res["model_version"] == "tiny-test" and not res.get("error"), res
@@ -170,17 +170,17 @@ def _wait_finetune_end(fstack, project: str, since: float, timeout: float = 180)
     return wait_for(ended, timeout, f"the fine-tune of project {project} to end", 0.5)
 
 
-def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, rel_ls):
-    project = add_annotated_project(rel_ls, 62, 6200, 4)
-    first = rel_ls.tasks[6200]
-    gated = GatedImages(rel_ls.files[first["data"]["image"]])
+def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, fake_ls):
+    project = add_annotated_project(fake_ls, 62, 6200, 4)
+    first = fake_ls.tasks[6200]
+    gated = GatedImages(fake_ls.files[first["data"]["image"]])
     first["data"] = {**first["data"], "image": gated.url + "/t6200.png"}  # the trainer hangs downloading it
     setup = {"project": project, "schema": CONFIG_TEXT}
     try:
         assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(62)}).json()[
             "finetune"] == "enqueued"
         wait_for(lambda: gated.hits >= 1, 60, "the trainer to pull project 62")
-        dead_job = fstack.state().get(f"refseg:project:{project_key(62, rel_ls.url)}:train:running")
+        dead_job = fstack.state().get(f"refseg:project:{project_key(62, fake_ls.url)}:train:running")
         fstack.kill_worker("train")
         gated.gate.set()
         fstack.start_worker("train2", "train")
@@ -190,7 +190,7 @@ def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, rel_l
         # request (the living trainer fails the abandoned job then, and enqueues the rerun) or a re-check job
         outcome = fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(62)}).json()
         assert outcome["finetune"] in ("enqueued", "rerun-requested", "recheck-scheduled"), outcome
-        key = project_key(62, rel_ls.url)
+        key = project_key(62, fake_ls.url)
         st = wait_for(lambda: (lambda s: s if s.get("job") != dead_job and s.get("state") in ("promoted", "failed",
                                                                                            "rejected") else None)(
             _finetune_state(fstack, key)), 180, "a fine-tune after the trainer died", 0.5)
@@ -200,16 +200,16 @@ def test_trainer_sigkilled_mid_finetune_does_not_block_the_project(fstack, rel_l
         gated.close()
 
 
-def test_label_studio_unreachable_during_finetune_pull(fstack, rel_ls):
+def test_label_studio_unreachable_during_finetune_pull(fstack, fake_ls):
     from http.server import ThreadingHTTPServer as Server
 
-    project = add_annotated_project(rel_ls, 63, 6300, 4)
-    key = project_key(63, rel_ls.url)
+    project = add_annotated_project(fake_ls, 63, 6300, 4)
+    key = project_key(63, fake_ls.url)
     setup = {"project": project, "schema": CONFIG_TEXT}
-    host, port = rel_ls.server.server_address
-    handler = rel_ls.server.RequestHandlerClass
-    rel_ls.server.shutdown()
-    rel_ls.server.server_close()  # connection refused from now on
+    host, port = fake_ls.server.server_address
+    handler = fake_ls.server.RequestHandlerClass
+    fake_ls.server.shutdown()
+    fake_ls.server.server_close()  # connection refused from now on
     try:
         since = time.time()
         r = fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(63)})
@@ -218,23 +218,23 @@ def test_label_studio_unreachable_during_finetune_pull(fstack, rel_ls):
         assert st["state"] == "failed" and "Connection" in st["reason"], st
         assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test"
     finally:
-        rel_ls.server = Server((host, port), handler)
-        threading.Thread(target=rel_ls.server.serve_forever, daemon=True).start()
+        fake_ls.server = Server((host, port), handler)
+        threading.Thread(target=fake_ls.server.serve_forever, daemon=True).start()
     since = time.time()
     assert fstack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(63)}).status_code == 201
     st = _wait_finetune_end(fstack, key, since)
     assert st["state"] == "promoted", st
 
 
-def test_redis_restart_under_load(fstack, rel_ls, rel_checkpoint):
+def test_redis_restart_under_load(fstack, fake_ls, tiny_checkpoint):
     """Redis goes away and comes back (AOF on): /predict answers 503 quickly meanwhile, version records survive,
     the web process and the workers reconnect by themselves."""
-    store = VersionStore(fstack.state(), rel_checkpoint)
-    store.promote(project_key(51, rel_ls.url, 1), "tiny-test-p51-ft9", rel_checkpoint, parent="tiny-test",
+    store = VersionStore(fstack.state(), tiny_checkpoint)
+    store.promote(project_key(51, fake_ls.url, 1), "tiny-test-p51-ft9", tiny_checkpoint, parent="tiny-test",
                   metrics={"gIoU": 0.5})
     setup = {"project": "51.1", "schema": CONFIG_TEXT}
     assert fstack.post("/setup", json=setup).json()["model_version"] == "tiny-test-p51-ft9"
-    rel_ls.files["/data/upload/51/x.png"] = png(scene(5100)[0])
+    fake_ls.files["/data/upload/51/x.png"] = png(scene(5100)[0])
     task = {"id": 5100, "data": {"image": "/data/upload/51/x.png", "expression": "the block"}}
 
     outages = fstack.logs().count("cannot refresh the liveness key")

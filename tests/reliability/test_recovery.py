@@ -19,14 +19,14 @@ FINAL = ("promoted", "rejected", "skipped", "failed")
 
 
 @pytest.fixture(scope="module")
-def rstack(rel_root, rel_checkpoint, rel_ls):
+def rstack(tmp_root, tiny_checkpoint, fake_ls):
     import shutil
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
     # tolerance 0 (the shipped default): a fine-tune is promoted only if not worse on the held-out tasks; a high
     # learning rate so that 4 steps surely change the model
-    s = Stack(rel_root / "recovery", rel_checkpoint, rel_ls.url, FINETUNE_PROMOTE_TOLERANCE=0, FINETUNE_LR=0.05,
+    s = Stack(tmp_root / "recovery", tiny_checkpoint, fake_ls.url, FINETUNE_PROMOTE_TOLERANCE=0, FINETUNE_LR=0.05,
               FINETUNE_STEPS=4, FINETUNE_HOLDOUT=0.25, LOG_LEVEL="INFO")
     try:
         yield s.start()
@@ -56,14 +56,14 @@ def _train(stack, pid: int) -> str:
     return r.json()["finetune"]
 
 
-def test_a_restarted_trainer_fails_the_finetune_it_left_started_and_the_next_trigger_trains(rstack, rel_ls):
+def test_a_restarted_trainer_fails_the_finetune_it_left_started_and_the_next_trigger_trains(rstack, fake_ls):
     """The trainer is SIGKILLed mid fine-tune and restarted under the same name (a container restart, a
     supervisor): at start-up it fails the job it left started, with the reason, and clears the project's marker;
     the first "Start training" after the restart trains."""
-    add_annotated_project(rel_ls, 71, 7100, 4)
-    key = project_key(71, rel_ls.url)
-    first = rel_ls.tasks[7100]
-    gated = GatedImages(rel_ls.files[first["data"]["image"]])
+    add_annotated_project(fake_ls, 71, 7100, 4)
+    key = project_key(71, fake_ls.url)
+    first = fake_ls.tasks[7100]
+    gated = GatedImages(fake_ls.files[first["data"]["image"]])
     first["data"] = {**first["data"], "image": gated.url + "/t7100.png"}  # the trainer hangs downloading it
     state = rstack.state()
     try:
@@ -91,11 +91,11 @@ def test_a_restarted_trainer_fails_the_finetune_it_left_started_and_the_next_tri
         gated.close()
 
 
-def test_a_prediction_job_left_started_by_a_dead_worker_is_failed_with_the_reason(rstack, rel_ls):
+def test_a_prediction_job_left_started_by_a_dead_worker_is_failed_with_the_reason(rstack, fake_ls):
     """The inference worker is SIGKILLed mid job and another worker (another name) takes over: once the dead
     worker's liveness key is gone (15 s) and the grace is over (8 s), the living worker fails the abandoned job."""
     gated = GatedImages(png(scene(7201)[0]))
-    rel_ls.add_project(72, CONFIG_TEXT, iso(1))
+    fake_ls.add_project(72, CONFIG_TEXT, iso(1))
     task = {"id": 7201, "data": {"image": gated.url + "/a.png", "expression": "the block"}}
     out = {}
     body = {"tasks": [task], "project": "72.1", "label_config": CONFIG_TEXT, "params": {"context": None}}
@@ -123,9 +123,9 @@ def test_a_prediction_job_left_started_by_a_dead_worker_is_failed_with_the_reaso
         gated.close()
 
 
-def test_a_finetune_queued_before_a_redis_restart_runs_after_it(rstack, rel_ls):
-    add_annotated_project(rel_ls, 73, 7300, 4)
-    key = project_key(73, rel_ls.url)
+def test_a_finetune_queued_before_a_redis_restart_runs_after_it(rstack, fake_ls):
+    add_annotated_project(fake_ls, 73, 7300, 4)
+    key = project_key(73, fake_ls.url)
     rstack.stop_worker("train")  # no trainer: the job stays queued
     assert _train(rstack, 73) == "enqueued"
     job_id = rstack.state().get(f"refseg:project:{key}:train:queued")
@@ -142,7 +142,7 @@ def test_a_finetune_queued_before_a_redis_restart_runs_after_it(rstack, rel_ls):
     assert st["job"] == job_id and st["state"] in ("promoted", "rejected"), st
 
 
-def test_a_finetune_that_makes_the_model_worse_is_rejected(rstack, rel_ls, rel_checkpoint):
+def test_a_finetune_that_makes_the_model_worse_is_rejected(rstack, fake_ls, tiny_checkpoint):
     """The held-out annotations are exactly what the serving model predicts (it scores gIoU 1 on them); the
     annotations trained on are scrambled (the block's mirror image). With tolerance 0 the new version is worse, so
     it is rejected: the serving version does not change and no candidate checkpoint is left behind."""
@@ -153,8 +153,8 @@ def test_a_finetune_that_makes_the_model_worse_is_rejected(rstack, rel_ls, rel_c
     from workers.finetune import held_out_tasks
 
     torch.set_num_threads(1)  # as the workers: the same arithmetic
-    base = RefSegPredictor.from_spec(rel_checkpoint)
-    key = project_key(74, rel_ls.url)
+    base = RefSegPredictor.from_spec(tiny_checkpoint)
+    key = project_key(74, fake_ls.url)
     # tasks whose held-out side is known in advance (a hash of the project key and task id); held-out tasks must
     # have a non-empty prediction to serve as their ground truth
     candidates = list(range(7400, 7440))
@@ -169,7 +169,7 @@ def test_a_finetune_that_makes_the_model_worse_is_rejected(rstack, rel_ls, rel_c
         return predicted[tid] if tid in held_ok else np.flip(block, axis=(0, 1)).copy()
 
     for tid in tasks:
-        add_annotated_project(rel_ls, 74, tid, 1, masks=masks)  # one task per call: the ids are not contiguous
+        add_annotated_project(fake_ls, 74, tid, 1, masks=masks)  # one task per call: the ids are not contiguous
     assert held_out_tasks(key, tasks, 0.25) == set(held_ok)  # the same split the fine-tune will make
     setup = {"project": uid(74), "schema": CONFIG_TEXT}
     assert rstack.post("/setup", json=setup).json()["model_version"] == "tiny-test"

@@ -14,7 +14,7 @@ from rel_stack import Stack
 
 
 @pytest.fixture(scope="module")
-def sam2_stack(tmp_path_factory, rel_ls):
+def sam2_stack(tmp_path_factory, fake_ls):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
     import torch
@@ -26,7 +26,7 @@ def sam2_stack(tmp_path_factory, rel_ls):
     model, _ = load_model("preset:tiny-sam2.1")
     assert type(model.sam).__name__ == "Sam2Segmenter"
     ckpt = str(save_checkpoint(model, root / "base-ckpt", "tiny-sam21"))
-    s = Stack(root / "stack", ckpt, rel_ls.url)
+    s = Stack(root / "stack", ckpt, fake_ls.url)
     try:
         yield s.start()
     finally:
@@ -46,12 +46,12 @@ def _predict(stack, ls, project: int, tid: int):
     return img, res
 
 
-def test_tiny_sam21_predicts_finetunes_promotes_and_serves_the_new_version(sam2_stack, rel_ls):
+def test_tiny_sam21_predicts_finetunes_promotes_and_serves_the_new_version(sam2_stack, fake_ls):
     project = 91
-    add_annotated_project(rel_ls, project, 9100, 5)
+    add_annotated_project(fake_ls, project, 9100, 5)
     setup = {"project": f"{project}.{STAMP}", "schema": CONFIG_TEXT}
     assert sam2_stack.post("/setup", json=setup).json()["model_version"] == "tiny-sam21"
-    _, first = _predict(sam2_stack, rel_ls, project, 9190)
+    _, first = _predict(sam2_stack, fake_ls, project, 9190)
     assert first["model_version"] == "tiny-sam21"
 
     r = sam2_stack.post("/webhook", json={"action": "START_TRAINING", "project": project_obj(project)})
@@ -63,11 +63,11 @@ def test_tiny_sam21_predicts_finetunes_promotes_and_serves_the_new_version(sam2_
 
     version = wait_for(promoted, 400, "the fine-tuned SAM 2.1 version", 1.0)
     assert version == f"tiny-sam21-p{project}-ft1"
-    key = project_key(project, rel_ls.url)
+    key = project_key(project, fake_ls.url)
     checkpoint = sam2_stack.state().hget(f"refseg:project:{key}:model", "checkpoint")
     assert checkpoint.endswith(f"/{key}/{version}")
 
-    img, res = _predict(sam2_stack, rel_ls, project, 9191)
+    img, res = _predict(sam2_stack, fake_ls, project, 9191)
     assert res["model_version"] == version
     import torch
 

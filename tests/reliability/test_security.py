@@ -19,7 +19,7 @@ class _Evil:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_workers_never_unpickle_jobs_from_redis(stack, rel_ls, tmp_path):
+def test_workers_never_unpickle_jobs_from_redis(stack, fake_ls, tmp_path):
     marker = tmp_path / "pwned"
     conn = redis.Redis.from_url(stack.redis_url)
     # A job written with RQ's default (pickle) serializer on the queue our workers take first.
@@ -28,7 +28,7 @@ def test_workers_never_unpickle_jobs_from_redis(stack, rel_ls, tmp_path):
              "a worker to take the job off the queue", 0.2)
     # the workers are still serving: a later request is answered, so the worker is done with that job (whatever
     # loading it would have run has run)
-    _assert_alive(stack, rel_ls, 7301)
+    _assert_alive(stack, fake_ls, 7301)
     assert not marker.exists(), "a worker unpickled a job payload from Redis"
 
 
