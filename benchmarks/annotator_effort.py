@@ -18,10 +18,11 @@ training streams use other seeds, and the `shifted` style is not the demo's trai
 benchmarks/bench_stack.py): each click is an interactive /predict whose context holds all keypoints so far in
 Label Studio's format (percent of the image, `is_positive`), the answer's brush RLE is decoded and scored, and
 the click latency through the queue is reported next to the in-process one. The text answer (0 clicks) comes
-from a batch /predict. Not done yet: the plot docs/annotator_effort.png asked for by issue 10.
+from a batch /predict. `--plot docs/annotator_effort.png` draws mean IoU against clicks for each way of working
+(in-process solid, through the backend dashed), with the 0.85 / 0.90 thresholds of NoC.
 
 Run:  PYTHONPATH=. python benchmarks/annotator_effort.py [--checkpoint demo|CKPT] [--samples 100]
-      [--dense add|replace] [--max-clicks 20] [--backend] [--json out.json]
+      [--dense add|replace] [--max-clicks 20] [--backend] [--json out.json] [--plot out.png]
 """
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def summarise(curves, latencies, max_clicks: int) -> dict:
         "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
         **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
         "click_ms_p50": 1000 * statistics.median(latencies) if latencies else None,
+        "mean_iou_by_clicks": [float(v) for v in arr.mean(axis=0)],  # k = 0..max_clicks, for the plot
     }
 
 
@@ -198,6 +200,33 @@ def _table(res: Dict[str, dict], max_clicks: int) -> None:
         print(f"{mode:<12}" + "".join(f"{r[c]:>13.3f}" if r[c] is not None else f"{'-':>13}" for c in cols))
 
 
+def plot(res: Dict[str, dict], backend: Optional[Dict[str, dict]], title: str, path: str) -> None:
+    """Mean IoU after k clicks, one line per way of working; NoC's thresholds as grey lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    colours = {"text+clicks": "tab:blue", "clicks": "tab:orange", "text": "tab:green"}
+    for where, results, style in (("in-process", res, "-"), ("through the backend", backend or {}, "--")):
+        for mode, r in results.items():
+            curve = r["mean_iou_by_clicks"]
+            ax.plot(range(len(curve)), curve, style, color=colours[mode], marker="o" if style == "-" else None,
+                    markersize=3, label=f"{mode} ({where}): NoC@85 {r['NoC@85']:.1f}")
+    for t in (0.85, 0.90):
+        ax.axhline(t, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("mean IoU")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="demo")
@@ -209,6 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backend", action="store_true", help="also through redis + RQ worker + gunicorn")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None, help="write the IoU-against-clicks plot here (PNG)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,6 +267,9 @@ def main(argv=None) -> int:
             json.dump({"checkpoint": args.checkpoint, "version": predictor.version,
                        "dense": predictor.model.cfg.interactive_dense, "results": res, "backend": backend}, f,
                       indent=1)
+    if args.plot:
+        plot(res, backend, f"{predictor.version}: {len(samples)} held-out shifted samples", args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 
