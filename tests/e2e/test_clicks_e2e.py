@@ -1,5 +1,5 @@
-"""Clicks and boxes of Label Studio's smart tools through Label Studio's own API (POST /api/ml/{id}/interactive-annotating),
-on the session's real Label Studio 1.23.2 and backend.
+"""Clicks and boxes of Label Studio's smart tools through Label Studio's own API
+(POST /api/ml/{id}/interactive-annotating), on the session's real Label Studio 1.23.2 and backend.
 
 The regions have the shape Label Studio 1.23.2's editor sends (web/dist source maps: KeyPointRegion.serialize,
 Image.createSerializedResult, Result.serialize, DataManager.jsx "lsf:regionFinishedDrawing"):
@@ -9,11 +9,20 @@ Image.createSerializedResult, Result.serialize, DataManager.jsx "lsf:regionFinis
      "value": {"x": %, "y": %, "width": %, "keypointlabels": ["object"], "labels": ["object"]}}
 
 `is_positive` sits on the region, not in `value` (false for an alt-click); `value.labels` is added for smart
-regions. A rectangle has value {x, y, width, height, rotation, rectanglelabels}. The editor's context holds the
-regions "connected" to the one just drawn: the same region type, label and image, so a click sends all the
-keypoints of its label so far, and no TextArea text (the expression then comes from the task's <Text>); a
-context with a textarea item and clicks together is only possible through the API. Label Studio passes
-`context` to /predict unchanged (ml/api.py: a JSONField).
+regions. A rectangle's value is {x, y, width, height, rotation, rectanglelabels}. Label Studio passes `context`
+to /predict unchanged (ml/api.py: a JSONField). Seen in headless Chromium (Auto-Annotation on, the Auto-Detect
+tool, label "object", one click on a 128 px image right after the text "the tank" had been typed and sent):
+
+    {"task": 1, "context": {"result": [{"original_width": 128, "original_height": 128, "image_rotation": 0,
+     "value": {"x": 18.906249999999993, "y": 22.031249999999993, "width": 0.33444816053511706,
+               "labels": ["object"], "keypointlabels": ["object"]},
+     "is_positive": true, "id": "TTkBO8Zrdm", "from_name": "click", "to_name": "image", "type": "keypointlabels",
+     "origin": "manual"}]}}
+
+The editor's context holds the regions "connected" to the one just drawn (Regions.getConnectedDynamicRegions:
+the same region type, label and image): a click sends the keypoints of its label so far and no TextArea text,
+so the expression comes from the task's <Text>; a context with a textarea item and clicks together only comes
+through the API.
 
 Every answer must decode to exactly the mask the in-process predictor (same checkpoint, one thread) gives for
 the same prompts in the same order: the backend feeds the answer to the request without its last click back
@@ -25,6 +34,7 @@ import time
 
 import numpy as np
 import pytest
+import requests
 from click_configs import CLICKS_ONLY, readme_config
 from e2e_flow import connect, create_project, created_stamp, decode
 
@@ -197,9 +207,8 @@ def test_interactive_bad_click_gives_an_error_not_a_mask(label_studio, readme_pr
     assert "data" not in r, f"a mask for a click outside the image: {r}"
     [error] = r["errors"]
     assert "400" in error and backend_url + "/predict" in error, error
+    print(f"\n[e2e] a click at x=150 through Label Studio: {r}")
     # the reason the backend gave (what a direct caller of /predict sees)
-    import requests
-
     direct = requests.post(backend_url + "/predict", timeout=30, json={
         "tasks": [{"id": p["task"], "data": {"image": sample["url"], "expression": sample["expression"]}}],
         "project": f"{p['id']}.{created_stamp(ls, p['id'])}", "label_config": readme_config(),
