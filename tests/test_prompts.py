@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from click_configs import CLICKS, CLICKS_ONLY
+from click_configs import CLICKS, CLICKS_ONLY, readme_config
 
 from labelstudio.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
 from labelstudio.prompts import MAX_POINTS, PromptError, parse_prompts, prompts_from_json, rescale
@@ -104,3 +104,13 @@ def test_junk_contexts_raise_prompt_errors_only():
             parse_prompts(cfg, {"result": [item]})
         except PromptError:
             pass
+
+
+def test_readme_click_config_finds_every_tool():
+    """The README's config (a flex layout of nested Views) still gives the backend all its tags."""
+    cfg = parse_label_config(readme_config())
+    assert (cfg.image_name, cfg.image_key, cfg.output, cfg.from_name, cfg.label) == \
+        ("image", "image", "brush", "mask", "target")
+    assert (cfg.text_key, cfg.textarea_name) == ("expression", "prompt")
+    assert (cfg.keypoint_name, cfg.keypoint_labels) == ("click", ("object",))
+    assert (cfg.rectangle_name, cfg.rectangle_labels) == ("box", ("object",))
