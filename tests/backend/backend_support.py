@@ -89,7 +89,8 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
 
 
 
-def wait_for_health(url: str, proc, log_path, what: str, timeout: float = 60, interval: float = 0.2) -> None:
+def wait_for_health(url: str, proc, log_path, what: str, timeout: float = 60, interval: float = 0.2,
+                    request_timeout: float = 1) -> None:
     """Wait until `url`/health answers 200; fail at once, with the log's tail, if `proc` exits first."""
     from pathlib import Path
 
@@ -97,9 +98,10 @@ def wait_for_health(url: str, proc, log_path, what: str, timeout: float = 60, in
 
     def up():
         if proc.poll() is not None:
-            raise AssertionError(f"{what} exited ({proc.returncode}): {Path(log_path).read_text()[-4000:]}")
+            log_tail = Path(log_path).read_text(errors="replace")[-4000:]
+            raise AssertionError(f"{what} exited ({proc.returncode}):\n{log_tail}")
         try:
-            return requests.get(url + "/health", timeout=1).status_code == 200
+            return requests.get(url + "/health", timeout=request_timeout).status_code == 200
         except requests.RequestException:
             return False
 
@@ -219,3 +221,32 @@ def add_annotated_project(fake_ls, project: int, first_id: int, n: int, stamp: i
                              "ground_truth": False, "updated_at": "2026-01-01T00:00:00Z", "result": [region]}],
         }
     return uid(project, stamp)
+
+
+# ------------------------------------------------------------------------------------- brush predictions
+def decode_brush(region: dict) -> np.ndarray:
+    """A brush region's mask (original_height x original_width bool), decoded by label-studio-sdk's own RLE
+    decoder, as Label Studio's editor reads it."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    h, w = region["original_height"], region["original_width"]
+    flat = decode_rle(region["value"]["rle"])
+    assert flat.size == h * w * 4, f"RLE decodes to {flat.size} values, expected {h}x{w}x4"
+    return flat.reshape(h, w, 4)[:, :, 3] > 0
+
+
+def check_brush_prediction(pred: dict, expected, size, version: str, score_tol: float = 1e-4) -> None:
+    """`pred` (a /predict result, or a prediction stored in Label Studio) is the in-process `expected` answer
+    (a Prediction: .mask, .score) in the README's config: one `mask`/`target` brush region at the image's
+    original size (h, w) holding exactly that mask, or no region for an empty mask; version and score match."""
+    assert pred["model_version"] == version
+    assert abs(pred["score"] - expected.score) < score_tol
+    if not expected.mask.any():
+        assert pred["result"] == []
+        return
+    [region] = pred["result"]
+    assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
+    assert region["value"]["brushlabels"] == ["target"]
+    assert (region["original_height"], region["original_width"]) == tuple(size)
+    np.testing.assert_array_equal(decode_brush(region), expected.mask)
+

@@ -11,9 +11,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from backend_support import free_port, running_redis, stop_processes, wait_for, wait_for_health
+from backend_support import free_port, stop_processes, wait_for, wait_for_health
 from fake_ls import TOKEN
-from service_fixtures import fake_ls, tiny_checkpoint, tmp_root  # noqa: F401 (fixtures, shared with tests/reliability)
+from service_fixtures import (  # noqa: F401 (fixtures, shared with tests/reliability)
+    fake_ls,
+    redis_url,
+    tiny_checkpoint,
+    tmp_root,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -27,12 +32,6 @@ def local_predictor(tiny_checkpoint):
 
     torch.set_num_threads(1)  # the workers run with --threads 1: same arithmetic, identical masks
     return RefSegPredictor.from_spec(tiny_checkpoint)
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_root):
-    with running_redis(tmp_root / "redis") as url:
-        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,11 @@
 """The session fixtures that the backend suite (tests/backend) and the reliability suite (tests/reliability) both
 start from: a scratch folder, the tiny preset saved as a checkpoint with a sharpened last layer (so that masks vary
-with the input), and a fake Label Studio REST API. Each suite's conftest imports them, which registers them there;
-each suite still gets its own instances."""
+with the input), a fake Label Studio REST API and a redis-server (tests/backend and tests/e2e). Each suite's conftest
+imports the ones it uses, which registers them there; each suite still gets its own instances."""
 from __future__ import annotations
 
 import pytest
-from backend_support import save_sharpened_tiny
+from backend_support import running_redis, save_sharpened_tiny
 from fake_ls import FakeLabelStudio
 
 
@@ -24,3 +24,10 @@ def fake_ls():
     ls = FakeLabelStudio()
     yield ls
     ls.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_root):
+    """A redis-server on a free loopback port, for the whole session."""
+    with running_redis(tmp_root / "redis") as url:
+        yield url

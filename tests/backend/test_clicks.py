@@ -9,19 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import requests
-from backend_support import png, scene, wait_for
+from backend_support import decode_brush, png, scene, wait_for
 from click_configs import CLICKS as CONFIG_CLICKS
 from click_configs import CLICKS_ONLY as CONFIG_CLICKS_ONLY
-from label_studio_sdk.converter.brush import decode_rle
 
 from refseg_model.predictor import AnswerMemory
 
 PROJECT = 21
-
-
-def _decode(region) -> np.ndarray:
-    h, w = region["original_height"], region["original_width"]
-    return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
 
 
 def _task(fake_ls, tid: int, h: int = 48, w: int = 64, expression: str = "the bright block"):
@@ -60,7 +54,7 @@ def _check(res, expected, shape):
     [region] = res["result"]  # one brush region for the object
     assert region["type"] == "brushlabels" and region["from_name"] == "mask"
     assert (region["original_height"], region["original_width"]) == shape
-    got = _decode(region)
+    got = decode_brush(region)
     assert np.mean(got != expected.mask) <= 0.002
     assert abs(res["score"] - expected.score) < 1e-4
 

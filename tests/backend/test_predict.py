@@ -5,13 +5,18 @@ import time
 
 import numpy as np
 import requests
-from backend_support import CONFIG_POLYGON, CONFIG_TEXT, CONFIG_TEXTAREA, iso, png, queues_idle, scene, wait_for
-from label_studio_sdk.converter.brush import decode_rle
-
-
-def _decode(region) -> np.ndarray:
-    h, w = region["original_height"], region["original_width"]
-    return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
+from backend_support import (
+    CONFIG_POLYGON,
+    CONFIG_TEXT,
+    CONFIG_TEXTAREA,
+    check_brush_prediction,
+    decode_brush,
+    iso,
+    png,
+    queues_idle,
+    scene,
+    wait_for,
+)
 
 
 def _add_tasks(fake_ls, project: int, first_id: int, n: int, sizes=None):
@@ -52,17 +57,9 @@ def test_batch_predict_one_result_per_task_in_order(gunicorn_url, fake_ls, local
     good = [results[i] for i in (0, 1, 3, 4, 5)]
     expected = _expected_batch(local_predictor, tasks, images, chunk=2)
     for task, res, exp in zip(tasks, good, expected):
-        assert res["model_version"] == setup["model_version"] == "tiny-test"
-        assert abs(res["score"] - exp.score) < 1e-6
-        if not exp.mask.any():
-            assert res["result"] == []
-            continue
-        [region] = res["result"]
-        assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
-        assert region["value"]["brushlabels"] == ["target"]
-        h, w = images[task["id"]].shape[:2]
-        assert (region["original_height"], region["original_width"]) == (h, w)
-        np.testing.assert_array_equal(_decode(region), exp.mask)  # exactly the predictor's mask, original size
+        assert setup["model_version"] == "tiny-test"
+        # exactly the predictor's mask, at the original size
+        check_brush_prediction(res, exp, images[task["id"]].shape[:2], "tiny-test", score_tol=1e-6)
     assert results[2]["result"] == [] and "HTTP 404" in results[2]["error"]
     assert results[6]["result"] == [] and "expression" in results[6]["error"]
 
@@ -85,7 +82,7 @@ def test_interactive_predict_with_textarea_context(gunicorn_url, fake_ls, local_
     assert time.monotonic() - t0 < 20
     assert res["model_version"] == "tiny-test"
     if exp.mask.any():
-        np.testing.assert_array_equal(_decode(res["result"][0]), exp.mask)
+        np.testing.assert_array_equal(decode_brush(res["result"][0]), exp.mask)
     else:
         assert res["result"] == []
 
@@ -176,4 +173,4 @@ def test_late_batch_results_are_posted_to_label_studio(threaded_app, workers, fa
     for p in posted:
         assert p["model_version"] == "tiny-test"
         for region in p["result"]:
-            assert _decode(region).shape == (48, 64)
+            assert decode_brush(region).shape == (48, 64)

@@ -12,12 +12,9 @@ promotions is saved there.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -31,6 +28,7 @@ from backend_support import (
     wait_for,
     wait_for_health,
 )
+from browser_support import keep_screenshot, localhost_page
 
 from jobs import stats
 
@@ -39,7 +37,6 @@ PY = sys.executable
 AUTH = ("lead", "st4tus:page")
 PROJECT = 41  # promoted, rejected, promoted
 FAILING = 49  # not in the fake Label Studio: its fine-tune fails
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _db(url: str, n: int) -> str:
@@ -274,70 +271,28 @@ def test_progress_reporter_writes_at_most_once_a_second_and_always_the_last_step
 
 
 # ---------------------------------------------------------------------------------------------------- browser
-def _playwright():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/bootstrap.sh installs Debian's chromium package; "
-                    f"apt-get install chromium failed or was not run)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"playwright is not installed ({exc}; it is pinned in requirements-test.txt)")
-    return sync_playwright
-
-
 def test_status_page_in_headless_chromium(status_stack, finetuned, tmp_path):
-    sync_playwright = _playwright()
     s = status_stack
-    outside, failed, bad_status, console, page_errors = [], [], [], [], []
+    with localhost_page({"width": 1280, "height": 900}, console_types=("error", "warning"),
+                        http_credentials={"username": AUTH[0], "password": AUTH[1]}) as (page, log):
+        response = page.goto(s.url + "/status", wait_until="load")
+        assert response is not None and response.status == 200
+        page.wait_for_load_state("networkidle")
 
-    def only_this_backend(route):
-        host = urlsplit(route.request.url).hostname
-        if host in ("127.0.0.1", "localhost"):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                          http_credentials={"username": AUTH[0], "password": AUTH[1]})
-            context.route("**/*", only_this_backend)
-            page = context.new_page()
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning")
-                    else None)
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
-            page.on("response", lambda r: bad_status.append(f"{r.url}: {r.status}") if r.status >= 400 else None)
-
-            response = page.goto(s.url + "/status", wait_until="load")
-            assert response is not None and response.status == 200
-            page.wait_for_load_state("networkidle")
-
-            section = page.locator(f"#project-{status_stack.key(PROJECT)}")
-            assert section.locator('[data-role="serving-version"]').inner_text() == f"tiny-test-p{PROJECT}-ft3"
-            plot = section.locator("svg.giou-plot")
-            assert plot.is_visible()
-            box = plot.bounding_box()
-            assert box is not None and box["width"] > 300 and box["height"] > 100
-            assert plot.locator("g.run.promoted").count() == 2
-            rejected = plot.locator("g.run.rejected")
-            assert rejected.count() == 1 and rejected.get_attribute("data-version") == f"tiny-test-p{PROJECT}-ft2"
-            assert rejected.locator("path").first.is_visible()
-            assert page.locator("#workers tr").count() == 3  # header + inference worker + trainer
-            assert "HTTP 404" in page.locator("#failures").inner_text()
-            assert page.title() == "refseg-assist · status"
-
-            shot = tmp_path / "status_page.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            target = os.environ.get("REFSEG_STATUS_SCREENSHOT")
-            if target:
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(shot, target)
-        finally:
-            browser.close()
-    assert outside == [], f"the page requested something outside the backend: {outside}"
-    assert failed == [] and bad_status == [], (failed, bad_status)
-    assert console == [] and page_errors == [], (console, page_errors)
+        section = page.locator(f"#project-{status_stack.key(PROJECT)}")
+        assert section.locator('[data-role="serving-version"]').inner_text() == f"tiny-test-p{PROJECT}-ft3"
+        plot = section.locator("svg.giou-plot")
+        assert plot.is_visible()
+        box = plot.bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 100
+        assert plot.locator("g.run.promoted").count() == 2
+        rejected = plot.locator("g.run.rejected")
+        assert rejected.count() == 1 and rejected.get_attribute("data-version") == f"tiny-test-p{PROJECT}-ft2"
+        assert rejected.locator("path").first.is_visible()
+        assert page.locator("#workers tr").count() == 3  # header + inference worker + trainer
+        assert "HTTP 404" in page.locator("#failures").inner_text()
+        assert page.title() == "refseg-assist · status"
+        keep_screenshot(page, tmp_path, "status_page.png", "REFSEG_STATUS_SCREENSHOT", 10_000, full_page=True)
+    assert log.outside == [], f"the page requested something outside the backend: {log.outside}"
+    assert log.failed == [] and log.bad_status == [], (log.failed, log.bad_status)
+    assert log.console == [] and log.page_errors == [], (log.console, log.page_errors)

@@ -28,13 +28,13 @@ from e2e_support import (
     ROOT,
     Backend,
     label_studio_server,
-    running_redis,
     save_sharpened_tiny,
     tail,
 )
 from e2e_support import (
     backend_env as make_backend_env,
 )
+from service_fixtures import redis_url, tmp_root  # noqa: F401 (fixtures, shared with tests/backend)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -117,12 +117,6 @@ def label_studio(ls_venv, e2e_root, docroot):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(e2e_root):
     return save_sharpened_tiny(e2e_root / "base-ckpt", "tiny-e2e")
-
-
-@pytest.fixture(scope="session")
-def redis_url(e2e_root):
-    with running_redis(e2e_root / "redis") as url:
-        yield url
 
 
 @pytest.fixture(scope="session")

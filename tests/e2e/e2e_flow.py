@@ -5,8 +5,9 @@ import time
 
 import numpy as np
 import requests
+from backend_support import check_brush_prediction
+from backend_support import decode_brush as decode  # noqa: F401 (the e2e tests import it from here)
 from e2e_support import ML_TIMEOUT_PREDICT
-from label_studio_sdk.converter.brush import decode_rle
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -14,13 +15,6 @@ CONFIG = """<View>
   <TextArea name="prompt" toName="image" editable="true" rows="2" maxSubmissions="1" showSubmitButton="true"/>
   <BrushLabels name="mask" toName="image"><Label value="target" background="#ff0000"/></BrushLabels>
 </View>"""
-
-
-def decode(region: dict) -> np.ndarray:
-    h, w = region["original_height"], region["original_width"]
-    flat = decode_rle(region["value"]["rle"])
-    assert flat.size == h * w * 4, f"RLE decodes to {flat.size} values, expected {h}x{w}x4"
-    return flat.reshape(h, w, 4)[:, :, 3] > 0
 
 
 def create_project(ls, title: str, samples, storage_dir=None, config: str = CONFIG) -> dict:
@@ -95,19 +89,7 @@ def ml_version(ls, pid: int) -> str:
 
 
 def check_prediction(pred: dict, sample: dict, expected, version: str) -> None:
-    assert pred["model_version"] == version
-    h, w = sample["image"].shape[:2]
-    if not expected.mask.any():
-        assert pred["result"] == []
-        return
-    [region] = pred["result"]
-    assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
-    assert region["value"]["brushlabels"] == ["target"]
-    assert (region["original_height"], region["original_width"]) == (h, w)
-    mask = decode(region)
-    assert mask.shape == (h, w)
-    np.testing.assert_array_equal(mask, expected.mask)
-    assert abs(pred["score"] - expected.score) < 1e-4
+    check_brush_prediction(pred, expected, sample["image"].shape[:2], version)
 
 
 def expected(model, sample):

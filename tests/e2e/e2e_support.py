@@ -44,6 +44,7 @@ from backend_support import (  # noqa: E402,F401
     start_redis,
     stop_processes,
     wait_for,
+    wait_for_health,
 )
 
 
@@ -116,18 +117,11 @@ def _start_ls(venv: Path, data: Path, env: dict, port: int, log: Path):
         env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=data.parent)
     fh.close()
 
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"label-studio exited ({proc.returncode}):\n{tail(log)}")
-        try:
-            return requests.get(url + "/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
     t0 = time.monotonic()
     try:
         # a first start migrates a fresh SQLite database: ~20 s on an idle 2-core machine, minutes on a busy one
-        wait_for(up, float(os.environ.get("REFSEG_E2E_LS_START_S", "900")), "Label Studio /health", 0.5)
+        wait_for_health(url, proc, log, "label-studio", float(os.environ.get("REFSEG_E2E_LS_START_S", "900")), 0.5,
+                        request_timeout=2)
     except BaseException:
         stop_processes([(proc, None)])
         raise

@@ -11,36 +11,17 @@ at their centre (not covered). Screenshot: $REFSEG_LAYOUT_SCREENSHOT (docs/label
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
+from browser_support import keep_screenshot, localhost_page
 from click_configs import readme_config
 from e2e_flow import connect, create_project
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1600, "height": 1000}
 # Label Studio's own noise in a browser cut off from the internet (shared/docs/labelstudio-e2e.md §9): requests
 # to outside hosts that the test aborts, its CSP report about framing labelstud.io, its /heidi-tips 404
 LS_NOISE = ("net::ERR_FAILED", "labelstud.io", "heidi-tips")
-
-
-def _sync_playwright():
-    why = None
-    if not os.path.exists(CHROMIUM):
-        why = f"{CHROMIUM} is not installed (scripts/bootstrap.sh --test installs Debian's chromium)"
-    else:
-        try:
-            from playwright.sync_api import sync_playwright
-
-            return sync_playwright
-        except ImportError as exc:
-            why = f"playwright is not installed ({exc}; it is pinned in requirements-test.txt)"
-    if os.environ.get("REFSEG_E2E_REQUIRE") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 def _box(locator) -> dict:
@@ -51,81 +32,54 @@ def _box(locator) -> dict:
 
 def test_readme_click_config_keeps_prompt_labels_and_image_in_view(label_studio, backend_url, docroot,
                                                                      synth_samples, tmp_path):
-    sync_playwright = _sync_playwright()
     ls = label_studio
     project = create_project(ls, "refseg-e2e-layout", [synth_samples[-3]], docroot / "ds", config=readme_config())
     connect(ls, project["id"], backend_url)
     [task] = project["tasks"]
-    outside, console, page_errors, bad_status = [], [], [], []
+    with localhost_page(VIEWPORT, fail_instead=os.environ.get("REFSEG_E2E_REQUIRE") == "1") as (page, log):
+        page.goto(ls.url + "/user/login/")
+        page.fill("input[name=email]", "admin@example.com")
+        page.fill("input[name=password]", "pass12345")
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+        assert "/user/login" not in page.url, "login failed"
 
-    def only_localhost(route):
-        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
+        page.goto(f"{ls.url}/projects/{project['id']}/data?task={task}")
+        prompt = page.get_by_placeholder("referring expression")
+        labels = page.locator(".lsf-label", has_text="object")
+        image = page.locator(".lsf-image")  # the Image tag: the picture
+        stage = page.locator(".konvajs-content")  # the canvas over it, where clicks and boxes are drawn
+        prompt.wait_for(state="visible", timeout=60_000)
+        # the picture is loaded (the editor draws it from a blob: copy) and the drawing stage has its size
+        page.wait_for_function("""() => {
+            const img = document.querySelector('.lsf-image img');
+            const stage = document.querySelector('.konvajs-content');
+            return img && img.complete && img.naturalWidth > 0 && stage && stage.clientWidth > 100;
+        }""", timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        assert labels.count() == 2  # KeyPointLabels' and RectangleLabels' "object", in config order
+        keypoint = labels.first
+        bottom_bar = _box(page.locator(".lsf-bottombar"))
+        boxes = {"prompt": _box(prompt), "keypoint label": _box(keypoint), "image": _box(image),
+                 "stage": _box(stage), "bottom bar": bottom_bar}
+        print(f"\n[e2e] layout at {VIEWPORT['width']}x{VIEWPORT['height']}: {boxes}")
+        for name, el in (("prompt", prompt), ("keypoint label", keypoint), ("image", image), ("stage", stage)):
+            b = boxes[name]
+            assert b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["width"] <= VIEWPORT["width"] \
+                and b["y"] + b["height"] <= VIEWPORT["height"], f"{name} {b} is not inside the window"
+            assert b["y"] + b["height"] <= bottom_bar["y"], f"{name} {b} reaches under the bottom bar {bottom_bar}"
+            if name == "image":
+                continue  # the stage lies over the picture: the centre check is the stage's
+            # nothing covers it: the element at its centre is it (or inside it)
+            assert el.evaluate("""e => { const r = e.getBoundingClientRect();
+                const top = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+                return e === top || e.contains(top); }"""), f"{name} is covered at its centre"
+        # a live control, not a picture of one: clicking the label selects it
+        keypoint.click()
+        page.wait_for_function("() => document.querySelector('.lsf-label_selected') !== null", timeout=10_000)
+        assert "lsf-label_selected" in (keypoint.get_attribute("class") or "")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            context = browser.new_context(viewport=VIEWPORT)
-            context.route("**/*", only_localhost)
-            page = context.new_page()
-            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.on("response", lambda r: bad_status.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-
-            page.goto(ls.url + "/user/login/")
-            page.fill("input[name=email]", "admin@example.com")
-            page.fill("input[name=password]", "pass12345")
-            with page.expect_navigation():
-                page.click("button[type=submit]")
-            assert "/user/login" not in page.url, "login failed"
-
-            page.goto(f"{ls.url}/projects/{project['id']}/data?task={task}")
-            prompt = page.get_by_placeholder("referring expression")
-            labels = page.locator(".lsf-label", has_text="object")
-            image = page.locator(".lsf-image")  # the Image tag: the picture
-            stage = page.locator(".konvajs-content")  # the canvas over it, where clicks and boxes are drawn
-            prompt.wait_for(state="visible", timeout=60_000)
-            # the picture is loaded (the editor draws it from a blob: copy) and the drawing stage has its size
-            page.wait_for_function("""() => {
-                const img = document.querySelector('.lsf-image img');
-                const stage = document.querySelector('.konvajs-content');
-                return img && img.complete && img.naturalWidth > 0 && stage && stage.clientWidth > 100;
-            }""", timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            assert labels.count() == 2  # KeyPointLabels' and RectangleLabels' "object", in config order
-            keypoint = labels.first
-            bottom_bar = _box(page.locator(".lsf-bottombar"))
-            boxes = {"prompt": _box(prompt), "keypoint label": _box(keypoint), "image": _box(image),
-                     "stage": _box(stage), "bottom bar": bottom_bar}
-            print(f"\n[e2e] layout at {VIEWPORT['width']}x{VIEWPORT['height']}: {boxes}")
-            for name, el in (("prompt", prompt), ("keypoint label", keypoint), ("image", image), ("stage", stage)):
-                b = boxes[name]
-                assert b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["width"] <= VIEWPORT["width"] \
-                    and b["y"] + b["height"] <= VIEWPORT["height"], f"{name} {b} is not inside the window"
-                assert b["y"] + b["height"] <= bottom_bar["y"], f"{name} {b} reaches under the bottom bar {bottom_bar}"
-                if name == "image":
-                    continue  # the stage lies over the picture: the centre check is the stage's
-                # nothing covers it: the element at its centre is it (or inside it)
-                assert el.evaluate("""e => { const r = e.getBoundingClientRect();
-                    const top = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
-                    return e === top || e.contains(top); }"""), f"{name} is covered at its centre"
-            # a live control, not a picture of one: clicking the label selects it
-            keypoint.click()
-            page.wait_for_function("() => document.querySelector('.lsf-label_selected') !== null", timeout=10_000)
-            assert "lsf-label_selected" in (keypoint.get_attribute("class") or "")
-
-            shot = tmp_path / "labeling_layout.png"
-            page.screenshot(path=str(shot))
-            assert shot.stat().st_size > 20_000
-            target = os.environ.get("REFSEG_LAYOUT_SCREENSHOT")
-            if target:
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(shot, target)
-        finally:
-            browser.close()
-    ours = [m for m in console + page_errors if not any(n in m for n in LS_NOISE) and "404" not in m]
+        keep_screenshot(page, tmp_path, "labeling_layout.png", "REFSEG_LAYOUT_SCREENSHOT", 20_000)
+    ours = [m for m in log.console + log.page_errors if not any(n in m for n in LS_NOISE) and "404" not in m]
     assert ours == [], f"console errors: {ours}"
-    assert all("heidi-tips" in s for s in bad_status), f"failed requests: {bad_status}"
+    assert all("heidi-tips" in s for s in log.bad_status), f"failed requests: {log.bad_status}"
