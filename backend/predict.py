@@ -24,11 +24,12 @@ from typing import Dict, List, Optional, Tuple
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from jobs import typed_expressions
 from jobs.handoff import PENDING_TTL_S, POSTED, done_key, give_up, pending_key, posted_marker, take
 from jobs.liveness import ALIVE, job_alive
 from jobs.queues import BATCH, INTERACTIVE, enqueue_predict
 from labelstudio.identity import ProjectRef
-from labelstudio.labelconfig import ProjectConfig, task_expression
+from labelstudio.labelconfig import ProjectConfig, task_expression, textarea_text
 from labelstudio.predictions import error_result, no_suggestion, pending_result, task_id
 from labelstudio.prompts import parse_prompts
 
@@ -99,7 +100,8 @@ class PredictService:
     def interactive(self, project: ProjectRef, cfg: ProjectConfig, task: dict, context: dict) -> dict:
         t0 = time.monotonic()
         version = self.versions.current(project.key).version
-        job_task, why = self._job_task(cfg, task, context)
+        typed = self._typed_expression(project, cfg, task, context)
+        job_task, why = self._job_task(cfg, task, context, typed)
         if job_task is None:
             out = [error_result(version, why)]
         else:
@@ -118,16 +120,33 @@ class PredictService:
         self._observe("interactive", t0, out)
         return out[0]
 
+    def _typed_expression(self, project: ProjectRef, cfg: ProjectConfig, task, context: dict) -> Optional[str]:
+        """What the annotator typed for this task: in this request (remembered for the clicks that follow: the
+        editor sends a click without the text), or in an earlier one; None when nothing was typed or the
+        TextArea was cleared (then the task's own expression applies)."""
+        tid = task_id(task) if isinstance(task, dict) else None
+        if tid is None or not cfg.textarea_name:
+            return None
+        results = context.get("result") if isinstance(context.get("result"), list) else []
+        typed = textarea_text(cfg, results)
+        if typed:
+            typed_expressions.remember(self.state, project.key, tid, typed)
+            return typed
+        if any(isinstance(r, dict) and r.get("type") == "textarea" for r in results):
+            typed_expressions.forget(self.state, project.key, tid)
+            return None
+        return typed_expressions.recall(self.state, project.key, tid)
+
     # ------------------------------------------------------------------------------------------- helpers
     @staticmethod
-    def _job_task(cfg: ProjectConfig, task, context=None) -> Tuple[Optional[dict], str]:
+    def _job_task(cfg: ProjectConfig, task, context=None, typed: Optional[str] = None) -> Tuple[Optional[dict], str]:
         if not isinstance(task, dict):
             return None, "task is not an object"
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         image = data.get(cfg.image_key)
         if not isinstance(image, str) or not image.strip():
             return None, f"task data has no image URL under {cfg.image_key!r}"
-        expression = task_expression(cfg, task, context)
+        expression = typed or task_expression(cfg, task, context)
         prompts = parse_prompts(cfg, context)  # clicks / box of the smart tools; PromptError -> 400
         if not expression and not prompts:
             where = [f"task data {cfg.text_key!r}"] if cfg.text_key else []

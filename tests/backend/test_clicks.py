@@ -12,6 +12,7 @@ import requests
 from backend_support import decode_brush, png, scene, wait_for
 from click_configs import CLICKS as CONFIG_CLICKS
 from click_configs import CLICKS_ONLY as CONFIG_CLICKS_ONLY
+from click_configs import readme_config
 
 from refseg_model.predictor import AnswerMemory
 
@@ -103,6 +104,43 @@ def test_clicks_without_an_expression(gunicorn_url, fake_ls, local_predictor):
         [res] = r.json()["results"]
         exp = local_predictor.predict_sequence(img, None, _pixels(clicks[:k]), None, memory)
         _check(res, exp, img.shape[:2])
+
+
+def _typed(text):
+    return {"type": "textarea", "from_name": "prompt", "to_name": "image", "origin": "manual",
+            "value": {"text": [text] if text else []}}
+
+
+def test_a_click_after_typing_uses_the_typed_expression(gunicorn_url, fake_ls, local_predictor):
+    """Label Studio's editor sends the typed TextArea text in a request of its own and a click without it: the
+    click is combined with what was typed for the task, not with the task's $expression; clearing the TextArea
+    goes back to the task's expression."""
+    config = readme_config()  # TextArea "prompt", KeyPointLabels "click", Text "expression"
+    task, img = _task(fake_ls, 2106)
+    task["data"]["expression"] = "the bright block"
+    typed = "the small dark square in the corner"
+    click = [kp(40.0, 50.0)]
+    typed_memory, task_memory = AnswerMemory(), AnswerMemory()
+    with_typed = local_predictor.predict_sequence(img, typed, _pixels(click), None, typed_memory)
+    with_task = local_predictor.predict_sequence(img, "the bright block", _pixels(click), None, task_memory)
+    assert abs(with_typed.score - with_task.score) > 1e-3  # the two answers can be told apart
+
+    r = _post(gunicorn_url, task, config, [_typed(typed)])
+    assert r.status_code == 200, r.text
+    _check(r.json()["results"][0], local_predictor.predict_sequence(img, typed, [], None, AnswerMemory()),
+           img.shape[:2])
+    r = _post(gunicorn_url, task, config, click)  # the click alone, as the editor sends it
+    assert r.status_code == 200, r.text
+    _check(r.json()["results"][0], with_typed, img.shape[:2])
+    # another task of the project does not inherit it
+    other, other_img = _task(fake_ls, 2107)
+    r = _post(gunicorn_url, other, config, click)
+    _check(r.json()["results"][0], local_predictor.predict_sequence(other_img, "the bright block", _pixels(click),
+                                                                    None, AnswerMemory()), other_img.shape[:2])
+    # the TextArea cleared: the task's expression again
+    r = _post(gunicorn_url, task, config, [_typed(""), *click])
+    assert r.status_code == 200, r.text
+    _check(r.json()["results"][0], with_task, img.shape[:2])
 
 
 def test_click_jobs_use_the_interactive_queue(gunicorn_url, fake_ls, redis_url):

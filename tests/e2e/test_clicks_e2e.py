@@ -21,7 +21,9 @@ tool, label "object", one click on a 128 px image right after the text "the tank
 
 The editor's context holds the regions "connected" to the one just drawn (Regions.getConnectedDynamicRegions:
 the same region type, label and image): a click sends the keypoints of its label so far and no TextArea text,
-so the expression comes from the task's <Text>; a context with a textarea item and clicks together only comes
+and the typed text comes in a request of its own. The backend remembers the text typed for a task
+(jobs.typed_expressions) and combines the clicks that follow with it; before anything is typed, or once the
+TextArea is cleared, with the task's <Text>. A context with a textarea item and clicks together only comes
 through the API.
 
 Every answer must decode to exactly the mask the in-process predictor (same checkpoint, one thread) gives for
@@ -163,24 +165,27 @@ def test_interactive_text_and_clicks_through_label_studio(label_studio, readme_p
 
 
 def test_interactive_clicks_as_the_editor_sends_them(label_studio, readme_project, local_model, mirror):
-    """The editor's context for a click: the keypoints only (no TextArea item); the expression is the task's."""
+    """The editor's requests: the typed text alone, then a click with the keypoints only (no TextArea item): the
+    clicks are combined with what was typed for the task."""
     ls, p = label_studio, readme_project
     sample = p["tasks"][p["task"]]
+    _check(ls, p, [textarea(TYPED)], TYPED, local_model, mirror)
     pos = keypoint(sample, *_pixel(sample, inside=True, k=1), rid="kp1")
     neg = keypoint(sample, *_pixel(sample, inside=False, k=1), positive=False, rid="kp2")
-    one = _check(ls, p, [pos], sample["expression"], local_model, mirror)
-    two = _check(ls, p, [pos, neg], sample["expression"], local_model, mirror)
+    one = _check(ls, p, [pos], TYPED, local_model, mirror)
+    two = _check(ls, p, [pos, neg], TYPED, local_model, mirror)
     assert not np.array_equal(two, one), "the negative click did not change the answer"
 
 
 def test_interactive_smart_rectangle(label_studio, readme_project, local_model, mirror):
-    """A box drawn with the smart RectangleLabels around the object (its ground-truth extent), then with text."""
+    """A box drawn with the smart RectangleLabels around the object (its ground-truth extent) with the typed
+    text, then with the TextArea cleared: the task's own expression."""
     ls, p = label_studio, readme_project
     sample = p["tasks"][p["task"]]
     rows, cols = np.nonzero(sample["mask"])
     box = rectangle(sample, int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
-    boxed = _check(ls, p, [box], sample["expression"], local_model, mirror)
     typed = _check(ls, p, [textarea(TYPED), box], TYPED, local_model, mirror)
+    boxed = _check(ls, p, [textarea(""), box], sample["expression"], local_model, mirror)
     assert not np.array_equal(boxed, typed), "the typed text did not change the boxed answer"
 
 
