@@ -34,6 +34,12 @@ from labelstudio.predictions import error_result, no_suggestion, pending_result,
 from labelstudio.prompts import parse_prompts
 
 log = logging.getLogger(__name__)
+# How long a task answered by /predict counts as just delivered (see PredictService._mark_answered): longer than
+# Label Studio takes between checking a task for predictions and asking the backend, far shorter than an
+# annotator takes to delete a prediction and retrieve it again.
+ANSWERED_GRACE_S = 10
+CLAIM = "claim"  # marker value "claim:<request id>": a request is enqueueing the task's job
+CLAIM_TTL_S = 60
 
 
 @dataclass
@@ -61,15 +67,26 @@ class PredictService:
             if job_task is None:
                 out[i] = error_result(version, why)
             elif job_task["id"] in pending:
-                out[i] = pending_result(version)  # an earlier /predict's late job will post it
+                # an earlier /predict's job answers it: that request or the job's late post delivers it
+                out[i] = pending_result(version)
             else:
                 todo.append((i, job_task))
 
         request_id = uuid.uuid4().hex
+        # Label Studio asks for a task without a prediction from its Data Manager list and from the task view at
+        # once, and stores every answer: each task is claimed atomically, and a request that loses the claim (or
+        # comes while the winner's job runs) answers "pending", which LS does not store: one prediction, not two
+        claimed = self._claim(project, [t["id"] for _, t in todo], request_id)
+        for i, job_task in todo:
+            if job_task["id"] is not None and job_task["id"] not in claimed:
+                out[i] = pending_result(version)
+        todo = [(i, t) for i, t in todo if out[i] is None]
         chunks = self._enqueue(project, cfg, todo, request_id, BATCH, late="post")
+        self._mark_pending(project, chunks)  # the claims become the jobs' markers
         self._wait(chunks, request_id, deadline, out, version)
         for chunk in chunks:  # budget spent: the worker delivers these itself
             if all(out[i] is not None for i in chunk.indices):
+                self._mark_answered(project, chunk, version)
                 continue
             # markers first, hand-off second: a worker that then finds itself late overwrites them with posted_marker()
             keys = [pending_key(project.key, tid) for tid in chunk.task_ids if tid is not None]
@@ -160,9 +177,42 @@ class PredictService:
             job["prompts"] = prompts.to_json()
         return job, ""
 
+    def _claim(self, project: ProjectRef, ids: list, request_id: str) -> set:
+        """The task ids (of `ids`) that no other request holds, now held by this one (`claim:<request>`, for
+        CLAIM_TTL_S: until `_mark_pending` replaces it, or a crash between the two lets it lapse)."""
+        unique = list(dict.fromkeys(tid for tid in ids if tid is not None))
+        if not unique:
+            return set()
+        pipe = self.state.pipeline()
+        for tid in unique:
+            pipe.set(pending_key(project.key, tid), f"{CLAIM}:{request_id}", nx=True, ex=CLAIM_TTL_S)
+        return {tid for tid, won in zip(unique, pipe.execute()) if won}
+
+    def _mark_pending(self, project: ProjectRef, chunks: List[_Chunk]) -> None:
+        pipe = self.state.pipeline()
+        for chunk in chunks:
+            for tid in chunk.task_ids:
+                if tid is not None:
+                    pipe.set(pending_key(project.key, tid), chunk.job_id, ex=PENDING_TTL_S)
+        pipe.execute()
+
+    def _mark_answered(self, project: ProjectRef, chunk: _Chunk, version: str) -> None:
+        """Answered here: for ANSWERED_GRACE_S the tasks' markers say so, as after a late post. Label Studio's
+        second request for a task can be built (checked for predictions) before the first answer was stored
+        and arrive after it was sent; it gets "pending", so LS stores one prediction. Then the marker expires
+        and a later request predicts anew. Only this chunk's own markers change (a newer request's stay)."""
+        keys = [pending_key(project.key, tid) for tid in chunk.task_ids if tid is not None]
+        if not keys:
+            return
+        pipe = self.state.pipeline()
+        for key, job in zip(keys, self.state.mget(keys)):
+            if job == chunk.job_id:
+                pipe.set(key, posted_marker(version), ex=ANSWERED_GRACE_S)
+        pipe.execute()
+
     def _pending_jobs(self, project: ProjectRef, tasks: List[dict], version: str) -> set:
-        """Ids of tasks whose prediction an earlier /predict handed to a still-living job for late delivery,
-        or that such a job posted moments ago under the current `version` (a post under an older version does
+        """Ids of tasks whose prediction an earlier /predict is still waiting for or handed to a still-living job
+        for late delivery, or that such a job posted moments ago under the current `version` (a post under an older version does
         not count: after a promotion the task must get a prediction of the new one)."""
         ids = [task_id(t) for t in tasks if task_id(t) is not None]
         if not ids:
@@ -172,7 +222,8 @@ class PredictService:
         if not markers:
             return set()
         posted = {tid for tid, job in markers.items() if job == posted_marker(version)}
-        markers = {tid: job for tid, job in markers.items() if not job.startswith(POSTED)}
+        posted |= {tid for tid, job in markers.items() if job.startswith(CLAIM)}  # another request is enqueueing it
+        markers = {tid: job for tid, job in markers.items() if not job.startswith((POSTED, CLAIM))}
         job_ids = sorted(set(markers.values()))
         if not job_ids:
             return posted

@@ -1,6 +1,7 @@
 """/predict through the real app, Redis and RQ workers: batch, interactive, polygons, failures, late results."""
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from backend_support import (
     decode_brush,
     iso,
     png,
+    project_key,
     queues_idle,
     scene,
     wait_for,
@@ -136,6 +138,63 @@ def workers_redis(app):
     import redis
 
     return redis.Redis.from_url(app.app.config["SETTINGS"].redis_url)
+
+
+def test_concurrent_requests_for_a_task_store_one_prediction(threaded_app, workers, fake_ls):
+    """Label Studio asks for a task without predictions from its Data Manager list and from the task view at
+    once, and stores every answer: the request that comes while the first one's job runs answers "pending" (no
+    `result`: LS stores nothing), the first answers the mask, nothing is posted late; a request that comes just
+    after the answer was sent is "pending" too; after that grace, the task is predicted anew on request."""
+    app = threaded_app(PREDICT_BUDGET_S=20, BATCH_CHUNK_SIZE=1)
+    fake_ls.add_project(6, CONFIG_TEXT, iso(1))
+    tasks, _ = _add_tasks(fake_ls, 6, 600, 1)
+    body = {"tasks": tasks, "project": "6.1", "label_config": CONFIG_TEXT, "params": {"context": None}}
+    answers = {}
+
+    def ask(name):
+        answers[name] = requests.post(app.url + "/predict", json=body, timeout=60).json()["results"][0]
+
+    fake_ls.file_delay_s = 1.0  # the first job is still running when the second request comes
+    try:
+        first = threading.Thread(target=ask, args=("first",))
+        first.start()
+        conn = workers_redis(app)
+        marker = f"refseg:pending:{project_key(6, fake_ls.url, 1)}:600"
+        wait_for(lambda: conn.exists(marker), 10, "the first request's in-flight marker")
+        ask("second")
+        first.join(60)
+    finally:
+        fake_ls.file_delay_s = 0.0
+    assert "result" in answers["first"] and answers["first"]["model_version"] == "tiny-test", answers
+    assert answers["second"].get("pending") and "result" not in answers["second"], answers
+    wait_for(lambda: queues_idle(conn), 60, "the job to end")
+    assert fake_ls.predictions_for([600]) == []  # delivered once, inline
+    # answered inline: for a few seconds the marker says so (a request LS built before it stored the answer
+    # gets "pending" too), then it expires and the task is predicted anew
+    assert conn.get(marker) == b"posted:tiny-test"
+    ask("late twin")
+    assert answers["late twin"].get("pending") and "result" not in answers["late twin"], answers
+    wait_for(lambda: not conn.exists(marker), 30, "the answered marker to expire", 0.5)
+    ask("third")  # e.g. "Retrieve predictions" after the prediction was deleted in LS
+    assert "result" in answers["third"] and not answers["third"].get("pending"), answers["third"]
+
+    # four requests at the same instant (after the grace): one claims the task, three answer "pending"
+    wait_for(lambda: not conn.exists(marker), 30, "the answered marker to expire", 0.5)
+    barrier = threading.Barrier(4)
+
+    def burst(name):
+        barrier.wait()
+        ask(name)
+
+    threads = [threading.Thread(target=burst, args=(f"burst{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    got = [answers[f"burst{k}"] for k in range(4)]
+    assert sum("result" in a for a in got) == 1 and sum(bool(a.get("pending")) for a in got) == 3, got
+    wait_for(lambda: queues_idle(conn), 60, "the burst's job to end")
+    assert fake_ls.predictions_for([600]) == []
 
 
 def test_late_batch_results_are_posted_to_label_studio(threaded_app, workers, fake_ls):

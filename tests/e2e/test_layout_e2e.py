@@ -15,7 +15,7 @@ import os
 import pytest
 from browser_support import keep_screenshot, localhost_page
 from click_configs import readme_config
-from e2e_flow import connect, create_project
+from e2e_flow import connect, create_project, predictions
 
 pytestmark = pytest.mark.e2e
 VIEWPORT = {"width": 1600, "height": 1000}
@@ -80,6 +80,11 @@ def test_readme_click_config_keeps_prompt_labels_and_image_in_view(label_studio,
         assert "lsf-label_selected" in (keypoint.get_attribute("class") or "")
 
         keep_screenshot(page, tmp_path, "labeling_layout.png", "REFSEG_LAYOUT_SCREENSHOT", 20_000)
+    # opening the task made Label Studio ask for its prediction from the Data Manager list and the task view at
+    # once; the second request, coming while the first one's job ran, was answered "pending": one prediction
+    preds = predictions(ls, project["id"])
+    print(f"[e2e] predictions of the opened task: {[(p['model_version'], p['task']) for p in preds]}")
+    assert len(preds) == 1, preds
     ours = [m for m in log.console + log.page_errors if not any(n in m for n in LS_NOISE) and "404" not in m]
     assert ours == [], f"console errors: {ours}"
     assert all("heidi-tips" in s for s in log.bad_status), f"failed requests: {log.bad_status}"
