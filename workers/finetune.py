@@ -182,6 +182,8 @@ def _finetune(rt, ref: ProjectRef, job_id: str) -> dict:
         if final.exists():  # a leftover of a crashed run with the same number: never overwrite silently
             shutil.rmtree(final)
         candidate.rename(final)
+        # the training state goes before the promotion is published: whoever sees the new version sees no leftovers
+        shutil.rmtree(train_state_dir(candidate), ignore_errors=True)
         rt.versions.promote(project, version, str(final.resolve()), parent=current.version,
                             metrics={"gIoU": new["gIoU"], "cIoU": new["cIoU"], "gIoU_parent": old["gIoU"],
                                      "samples": count})
