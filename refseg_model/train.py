@@ -35,7 +35,7 @@ from .curves import plot_history
 from .data.sources import FileSource, SynthSource, load_data_state, save_data_state, synth_val_samples
 from .device import cuda_index, resolve_device
 from .evaluate import quick_eval
-from .modeling.loss import refseg_loss
+from .modeling.loss import interactive_pass_loss, refseg_loss
 from .recipes import apply_loss_weights
 from .schedule import lr_factor
 from .transforms import image_to_frame, mask_to_frame
@@ -157,7 +157,14 @@ class _TrainStep(torch.nn.Module):
             out = self.model(images, input_ids, attention_mask)
         else:
             out = _interactive_forward(self.model, images, input_ids, attention_mask, target, valid, **interactive)
-        return refseg_loss(self.model, out, target, valid, self.model.cfg.loss)
+        parts = refseg_loss(self.model, out, target, valid, self.model.cfg.loss)
+        if out.interactive_passes:
+            extra = interactive_pass_loss(out.interactive_passes, target, valid, self.model.cfg.loss)
+            parts["passes"] = extra
+            # each (row, pass) weighs what a row of the batch weighs in `loss`
+            share = len(out.interactive_passes) * interactive["rows"] / target.shape[0]
+            parts["loss"] = parts["loss"] + share * extra
+        return parts
 
 
 def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -> Optional[dict]:
@@ -185,11 +192,16 @@ def _interactive_forward(model, images, input_ids, attention_mask, target, valid
                          corrections: int, seed: int):
     """The model's output on a batch whose last `rows` rows are decoded interactively (SAM's / RITM's
     iterative training): initial prompt -> prediction -> corrective click at the deepest point of the larger
-    error region (`interactive.next_clicks`) with the previous low-res logits as mask input, `corrections`
-    times; the sampling passes run without gradient, the loss sees the last pass. Other rows: text as usual.
+    error region (`interactive.next_clicks`) with the previous low-res logits (detached) as mask input,
+    `corrections` times. Every pass is supervised, as SAM trains: the loss sees the last pass in mask_logits and
+    the earlier ones in `interactive_passes` (among them the initial prompt's answer without a previous mask:
+    a first click or a box alone, which the click tool answers with SAM's no-mask embedding; supervising only
+    the last pass, which always has a previous mask, left that embedding and that case untrained). Other rows:
+    text as usual.
 
     images B x 3 x S x S, target/valid B x 1 x S x S; returns a RefSegOutput whose mask_logits (B x 1 x M x M)
-    hold the text-only answer for the first B - rows rows and the final interactive answer for the rest.
+    hold the text-only answer for the first B - rows rows and the final interactive answer for the rest, and
+    whose interactive_passes hold the `corrections` earlier answers of the last `rows` rows (rows x 1 x M x M).
     """
     from .interactive import boxes_of, next_clicks, random_points_in
     from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, POS_LABEL
@@ -228,10 +240,12 @@ def _interactive_forward(model, images, input_ids, attention_mask, target, valid
     labels[:, q] = torch.where(box0, torch.full_like(labels[:, q], BOX_TL_LABEL), labels[:, q])
     labels[:, q + 1] = torch.where(box0, torch.full_like(labels[:, q + 1], BOX_BR_LABEL), labels[:, q + 1])
     prev = None
+    passes = []
     for r in range(corrections):
+        logits, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
+        passes.append(logits)
         with torch.no_grad():
-            logits, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
-            xy, positive, _ = next_clicks(logits[:, 0] > 0, tgt_m, val_m)
+            xy, positive, _ = next_clicks(logits[:, 0].detach() > 0, tgt_m, val_m)
             coords = coords.clone()
             labels = labels.clone()
             coords[:, 1 + r] = (xy + 0.5) * (s / m) - 0.5  # M-grid pixel -> frame pixel
@@ -240,6 +254,7 @@ def _interactive_forward(model, images, input_ids, attention_mask, target, valid
     final, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
     parts.append(final)
     out.mask_logits = torch.cat(parts)
+    out.interactive_passes = tuple(passes)
     return out
 
 
