@@ -284,7 +284,8 @@ class RefSegModel(nn.Module):
         it, since the text's dense map keeps voting wherever the previous mask is not confident (previous logits
         are large, |x| ~ 10, next to the similarity map's |x| ~ 1-5, so where the previous mask is sure it wins).
         Caveat: the demo's prompt encoder and decoder were trained from scratch on text prompts only, and 400
-        CPU steps did not teach them to use clicks (clicks only: IoU 0.09 after 5 clicks in both runs), so the
+        CPU steps did not teach them to use clicks (clicks only: IoU 0.09 after 5 clicks in both runs; those
+        runs supervised only the last pass of each interactive step, since fixed: see train.py), so the
         numbers compare how each mode *keeps* the text, not how it combines text with a click-aware decoder.
         Re-measure with a checkpoint that has learned clicks (or a published SAM's prompt encoder).
         """
