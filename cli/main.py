@@ -46,7 +46,7 @@ TRAIN_SETTING_FLAGS = {
     "steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
     "weight_decay": "--weight-decay", "warmup_frac": "--warmup", "eval_every": "--eval-every",
     "max_val": "--max-val", "augment": "--augment", "curriculum_frac": "--curriculum", "seed": "--seed",
-    "interactive_frac": "--interactive-frac",
+    "interactive_frac": "--interactive-frac", "decoder_lr": "--decoder-lr", "select": "--select",
 }
 _TRAIN_ARG = {"warmup_frac": "warmup", "curriculum_frac": "curriculum"}  # field -> argparse dest, where they differ
 # an explicit flag that makes recipe settings moot: --steps fixes the length (epochs unused), --eval-every the
@@ -233,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs over the data)")
     t.add_argument("--epochs", type=float, default=None, help="default 20")
     t.add_argument("--batch-size", type=int, default=None, help="per process; default 8")
-    t.add_argument("--lr", type=float, default=None, help="default 0.0003")
+    t.add_argument("--lr", type=float, default=None,
+                   help="default 0.0003; 0 freezes what it applies to (with --decoder-lr: all but the decoder)")
+    t.add_argument("--decoder-lr", type=float, default=None,
+                   help="lr of SAM's prompt encoder and mask decoder (the click pathway); default --lr")
     t.add_argument("--weight-decay", type=float, default=None, help="default 0.05")
     t.add_argument("--warmup", type=float, default=None, help="warm-up fraction of the steps; default 0.05")
     t.add_argument("--eval-every", type=int, default=None, help="steps; default: about 10 validations per run")
@@ -246,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--interactive-frac", type=float, default=None,
                    help="fraction of each batch trained with simulated clicks/boxes (initial prompt text, click, "
                         "box or text + click, then 1-3 corrective clicks); default 0")
+    t.add_argument("--select", default=None, choices=["best", "last"],
+                   help="checkpoint kept in OUT: best text-only validation gIoU (default) or the last one "
+                        "(e.g. for click training, which text-only validation does not measure)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--version", default=None, help="version string of the new checkpoint")
     t.add_argument("--half", action="store_true", help="store weights as float16")

@@ -68,12 +68,13 @@ def batch_intersection_union(pred: torch.Tensor, gt: torch.Tensor) -> Tuple[torc
 
 def quick_eval(model, val, device, batch_size: int = 16) -> Dict[str, float]:
     """Metrics on in-memory (image, mask, expression) triplets, through the predictor's code path."""
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored module by module (frozen norms stay in eval)
     pred = RefSegPredictor(model, device=device, cache_size=0)
     images = {str(i): img for i, (img, _, _) in enumerate(val)}
     preds = pred.predict_many(images.__getitem__, [(str(i), e) for i, (_, _, e) in enumerate(val)], batch_size)
     metrics = RefSegMetrics()
     for (_, gt, _), p in zip(val, preds):
         metrics.add(p.mask, gt)
-    model.train(was_training)
+    for m, training in modes:
+        m.training = training
     return metrics.compute()

@@ -35,7 +35,7 @@ from .curves import plot_history
 from .data.sources import FileSource, SynthSource, load_data_state, save_data_state, synth_val_samples
 from .device import cuda_index, resolve_device
 from .evaluate import quick_eval
-from .modeling.loss import refseg_loss
+from .modeling.loss import interactive_pass_loss, refseg_loss
 from .recipes import apply_loss_weights
 from .schedule import lr_factor
 from .transforms import image_to_frame, mask_to_frame
@@ -52,7 +52,9 @@ class TrainConfig:
     steps: Optional[int] = None  # optimizer steps; default: `epochs` passes over the train split
     epochs: float = 20.0
     batch_size: int = 8
-    lr: float = 3e-4
+    lr: float = 3e-4  # 0: the parameters it applies to are frozen (see decoder_lr)
+    # lr of SAM's prompt encoder and mask decoder (the click pathway); None: `lr`. With lr 0 only they train.
+    decoder_lr: Optional[float] = None
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
     min_lr_ratio: float = 0.01
@@ -63,6 +65,9 @@ class TrainConfig:
     eval_every: Optional[int] = None  # steps; default: `eval_every_epochs`, else about 10 evaluations per run
     eval_every_epochs: Optional[float] = None  # data sets on disk: validate every this many epochs
     max_val: Optional[int] = 400  # validation samples, None = the whole split (selection only; see `refseg eval`)
+    # which checkpoint OUT gets: "best" validation gIoU (text only), or the "last" one (still validated and
+    # reported), e.g. when the run trains what text-only validation does not measure (clicks)
+    select: str = "best"
     augment: bool = True  # flips with spatial words rewritten
     curriculum_frac: float = 0.3  # synth: fraction of steps over which difficulty ramps from 0 to 1
     # fraction of each batch trained interactively: an initial prompt (text, click, box or text + click), then
@@ -157,7 +162,14 @@ class _TrainStep(torch.nn.Module):
             out = self.model(images, input_ids, attention_mask)
         else:
             out = _interactive_forward(self.model, images, input_ids, attention_mask, target, valid, **interactive)
-        return refseg_loss(self.model, out, target, valid, self.model.cfg.loss)
+        parts = refseg_loss(self.model, out, target, valid, self.model.cfg.loss)
+        if out.interactive_passes:
+            extra = interactive_pass_loss(out.interactive_passes, target, valid, self.model.cfg.loss)
+            parts["passes"] = extra
+            # each (row, pass) weighs what a row of the batch weighs in `loss`
+            share = len(out.interactive_passes) * interactive["rows"] / target.shape[0]
+            parts["loss"] = parts["loss"] + share * extra
+        return parts
 
 
 def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -> Optional[dict]:
@@ -185,11 +197,16 @@ def _interactive_forward(model, images, input_ids, attention_mask, target, valid
                          corrections: int, seed: int):
     """The model's output on a batch whose last `rows` rows are decoded interactively (SAM's / RITM's
     iterative training): initial prompt -> prediction -> corrective click at the deepest point of the larger
-    error region (`interactive.next_clicks`) with the previous low-res logits as mask input, `corrections`
-    times; the sampling passes run without gradient, the loss sees the last pass. Other rows: text as usual.
+    error region (`interactive.next_clicks`) with the previous low-res logits (detached) as mask input,
+    `corrections` times. Every pass is supervised, as SAM trains: the loss sees the last pass in mask_logits and
+    the earlier ones in `interactive_passes` (among them the initial prompt's answer without a previous mask:
+    a first click or a box alone, which the click tool answers with SAM's no-mask embedding; supervising only
+    the last pass, which always has a previous mask, left that embedding and that case untrained). Other rows:
+    text as usual.
 
     images B x 3 x S x S, target/valid B x 1 x S x S; returns a RefSegOutput whose mask_logits (B x 1 x M x M)
-    hold the text-only answer for the first B - rows rows and the final interactive answer for the rest.
+    hold the text-only answer for the first B - rows rows and the final interactive answer for the rest, and
+    whose interactive_passes hold the `corrections` earlier answers of the last `rows` rows (rows x 1 x M x M).
     """
     from .interactive import boxes_of, next_clicks, random_points_in
     from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, POS_LABEL
@@ -228,10 +245,12 @@ def _interactive_forward(model, images, input_ids, attention_mask, target, valid
     labels[:, q] = torch.where(box0, torch.full_like(labels[:, q], BOX_TL_LABEL), labels[:, q])
     labels[:, q + 1] = torch.where(box0, torch.full_like(labels[:, q + 1], BOX_BR_LABEL), labels[:, q + 1])
     prev = None
+    passes = []
     for r in range(corrections):
+        logits, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
+        passes.append(logits)
         with torch.no_grad():
-            logits, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
-            xy, positive, _ = next_clicks(logits[:, 0] > 0, tgt_m, val_m)
+            xy, positive, _ = next_clicks(logits[:, 0].detach() > 0, tgt_m, val_m)
             coords = coords.clone()
             labels = labels.clone()
             coords[:, 1 + r] = (xy + 0.5) * (s / m) - 0.5  # M-grid pixel -> frame pixel
@@ -240,6 +259,7 @@ def _interactive_forward(model, images, input_ids, attention_mask, target, valid
     final, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
     parts.append(final)
     out.mask_logits = torch.cat(parts)
+    out.interactive_passes = tuple(passes)
     return out
 
 
@@ -312,6 +332,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _prepare(cfg: TrainConfig) -> _Run:
     """Device (and process group), seed, the initial model, the data and the optimizer: a run at step 0."""
+    if cfg.select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', not {cfg.select!r}")
     device, rank, world = _setup_device(cfg)
     torch.manual_seed(cfg.seed + rank)
     model, meta = load_model(cfg.init, device)
@@ -357,15 +379,30 @@ def _data(cfg: TrainConfig, size: int, rank: int, world: int):
     return src, val, cfg.steps or max(1, int(round(cfg.epochs * steps_per_epoch))), steps_per_epoch
 
 
+DECODER_PREFIXES = ("sam.prompt_encoder.", "sam.mask_decoder.")  # `TrainConfig.decoder_lr` applies to these
+
+
 def _optimizer(model, cfg: TrainConfig) -> Tuple[List[torch.nn.Parameter], torch.optim.Optimizer]:
-    """AdamW over the trainable parameters, without weight decay on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    return params, opt
+    """AdamW over the trainable parameters, without weight decay on biases and norms; SAM's prompt encoder and
+    mask decoder at `cfg.decoder_lr` (if set), the rest at `cfg.lr`. Parameters whose lr is 0 are frozen
+    (requires_grad off: no gradient is computed for them). Each group's `base_lr` is its lr before the
+    schedule."""
+    groups, params = [], []
+    for decoder in (True, False):
+        lr = cfg.decoder_lr if decoder and cfg.decoder_lr is not None else cfg.lr
+        mine = [p for n, p in model.named_parameters()
+                if p.requires_grad and n.startswith(DECODER_PREFIXES) == decoder]
+        if lr == 0:
+            for p in mine:
+                p.requires_grad_(False)
+            continue
+        params.extend(mine)
+        for wd, ps in ((cfg.weight_decay, [p for p in mine if p.ndim >= 2]), (0.0, [p for p in mine if p.ndim < 2])):
+            if ps:
+                groups.append({"params": ps, "weight_decay": wd, "lr": lr, "base_lr": lr})
+    if not groups:
+        raise ValueError("nothing to train: every learning rate is 0 (or every parameter is frozen)")
+    return params, torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _restore(run: _Run) -> None:
@@ -393,8 +430,14 @@ def _restore(run: _Run) -> None:
 
 
 def _step_module(run: _Run) -> torch.nn.Module:
-    """The model in training mode with its loss, wrapped in DDP under torchrun."""
+    """The model in training mode with its loss, wrapped in DDP under torchrun. Batch norms whose parameters
+    are frozen (e.g. the prompter's, with `--lr 0 --decoder-lr X`) stay in eval mode, so that their running
+    statistics, hence the frozen part's output, do not change either."""
     run.model.train()
+    for m in run.model.modules():
+        params = list(m.parameters())
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+            m.eval()
     step_fn: torch.nn.Module = _TrainStep(run.model)
     if run.world > 1:
         step_fn = torch.nn.parallel.DistributedDataParallel(
@@ -407,7 +450,7 @@ def _optimisation_step(run: _Run, step_fn: torch.nn.Module, autocast, step: int)
     """One optimizer step on this rank's next batch (0-based `step`); updates the running loss terms."""
     cfg, opt = run.cfg, run.opt
     for g in opt.param_groups:
-        g["lr"] = cfg.lr * lr_factor(step, run.total, cfg.warmup_frac, cfg.min_lr_ratio, cfg.cosine_start_frac,
+        g["lr"] = g.get("base_lr", cfg.lr) * lr_factor(step, run.total, cfg.warmup_frac, cfg.min_lr_ratio, cfg.cosine_start_frac,
                                      cfg.cosine_period_frac)
     images, target, valid, exprs = collate(run.src.batch(cfg.batch_size, step, run.total), run.model.image_size,
                                            run.device)
@@ -450,11 +493,12 @@ def _select_checkpoint(run: _Run, done: int, record: dict, bar) -> None:
     metrics = quick_eval(run.model, run.val, run.device)
     record.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
     improved = metrics["gIoU"] >= run.best.get("gIoU", -1.0)
-    if improved:
+    if improved or cfg.select == "last":
         run.best = {**metrics, "step": done}
         save_checkpoint(run.model, run.out, run.version, half=cfg.half,
                         metadata={**provenance, "val": metrics, "train": saved_config(cfg)})
-    bar.write(f"step {done}: val gIoU {metrics['gIoU']:.4f} cIoU {metrics['cIoU']:.4f}{' (best)' if improved else ''}")
+    tags = (" (best)" if improved else "") + (" (kept: --select last)" if cfg.select == "last" else "")
+    bar.write(f"step {done}: val gIoU {metrics['gIoU']:.4f} cIoU {metrics['cIoU']:.4f}{tags}")
     _report(run, {"step": done, "steps": run.total, "loss": run.running["loss"], "val": metrics})
 
 

@@ -86,3 +86,27 @@ def test_interactive_forward_trains_the_decoder_on_the_last_pass(spec):
     out.mask_logits.sum().backward()
     assert model.sam.prompt_encoder.point_embeddings[1].weight.grad is not None  # positive clicks were used
     assert model.sam.mask_decoder.iou_token.weight.grad is not None
+
+
+@pytest.mark.parametrize("spec", ["tiny", "tiny-sam2.1"])
+def test_interactive_step_supervises_every_pass_including_the_first_click(spec):
+    """The initial prompt's answer (a click or a box with no previous mask: SAM's no-mask embedding, what the
+    click tool answers a first click with) is in the loss, not only the last pass: with the last pass alone
+    (which always has a previous mask) the no-mask embedding got no gradient and a first click never learned."""
+    from refseg_model.train import _TrainStep
+
+    torch.manual_seed(0)
+    model, _ = load_model(spec)
+    model.train()
+    s = model.image_size
+    images = torch.rand(4, 3, s, s)
+    target = torch.zeros(4, 1, s, s)
+    target[:, :, 10:40, 12:30] = 1
+    valid = torch.ones_like(target)
+    tok = model.encoder.tokenize(["a", "b", "c", "d"])
+    plan = {"rows": 2, "kinds": ["click", "box"], "corrections": 2, "seed": 5}
+    parts = _TrainStep(model)(images, tok["input_ids"], tok["attention_mask"], target, valid, plan)
+    assert "passes" in parts and float(parts["passes"].detach()) > 0
+    parts["loss"].backward()
+    grad = model.sam.prompt_encoder.no_mask_embed.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0

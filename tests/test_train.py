@@ -183,6 +183,31 @@ def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, dat
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
 
 
+def test_decoder_lr_with_lr_0_trains_the_click_pathway_alone_and_select_last_keeps_the_last(tmp_path, data_dir,
+                                                                                             monkeypatch):
+    """`--lr 0 --decoder-lr X`: only SAM's prompt encoder and mask decoder change; `--select last` writes the
+    last validated checkpoint even when an earlier one validated better."""
+    from refseg_model import train as train_module
+
+    scores = iter([0.9, 0.1])
+    monkeypatch.setattr(train_module, "quick_eval", lambda *a, **k: {"n": 2, "gIoU": next(scores), "cIoU": 0.5})
+    out = tmp_path / "ckpt"
+    cfg = TrainConfig(data=str(data_dir), out=str(out), init="preset:tiny", steps=4, batch_size=4, lr=0.0,
+                      decoder_lr=1e-3, eval_every=2, max_val=2, augment=False, progress=False, threads=1, seed=0,
+                      interactive_frac=0.5, select="last", resume=False)
+    torch.manual_seed(cfg.seed)  # the same initial weights as train() builds
+    initial, _ = load_model("preset:tiny")
+    result = train(cfg)
+    trained, _ = load_checkpoint(out)
+    a, b = initial.state_dict(), trained.state_dict()
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    others = [k for k in changed if not k.startswith(("sam.prompt_encoder.", "sam.mask_decoder."))]
+    assert changed and not others, others
+    assert any(k.startswith("sam.prompt_encoder.") for k in changed)  # the click embeddings learned
+    assert json.loads((out / "config.json").read_text())["metadata"]["step"] == 4  # not step 2, the best
+    assert result.best["step"] == 4
+
+
 def test_resume_prints_the_step_it_continues_from(tmp_path, data_dir, capsys):
     """The resume message, and that a different run's state is not picked up."""
     out = tmp_path / "ckpt"

@@ -3,7 +3,7 @@ plus an optional BCE on the dense similarity prompt (weight 0 in the paper).
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 import torch.distributed as dist
@@ -91,3 +91,17 @@ def refseg_loss(
          "contrast": weights.contrastive, "dense": weights.dense}
     parts["loss"] = sum(w[k] * v for k, v in parts.items())
     return parts
+
+
+def interactive_pass_loss(passes: Sequence[torch.Tensor], target: torch.Tensor, valid: torch.Tensor,
+                          weights: LossConfig) -> torch.Tensor:
+    """The mask loss (weights.bce BCE + weights.dice Dice) of an interactive training step's earlier passes
+    (`RefSegOutput.interactive_passes`, each R x 1 x M x M for the last R rows of target/valid B x 1 x S x S),
+    averaged over the passes."""
+    total = []
+    for logits in passes:
+        t, v = target[-logits.shape[0]:], valid[-logits.shape[0]:]
+        if logits.shape[-2:] != t.shape[-2:]:
+            logits = F.interpolate(logits, size=t.shape[-2:], mode="bilinear", align_corners=False)
+        total.append(weights.bce * masked_bce(logits, t, v) + weights.dice * dice_loss(logits, t, v))
+    return torch.stack(total).mean()

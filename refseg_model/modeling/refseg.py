@@ -142,6 +142,10 @@ class RefSegOutput:
     q2: torch.Tensor  # B x K x Ct
     clip_tokens: torch.Tensor  # B x N x Cv (raw encoder map, for the region-text loss)
     text: Optional[TextFeatures] = None
+    # training only (`train._interactive_forward`): the low-res logits of the interactive rows' passes before
+    # the last (the initial prompt's answer, then after each corrective click but the last), each R x 1 x M x M
+    # for the last R rows of the batch; supervised like mask_logits (`loss.interactive_pass_loss`)
+    interactive_passes: Tuple[torch.Tensor, ...] = ()
 
 
 class RefSegModel(nn.Module):
@@ -280,7 +284,8 @@ class RefSegModel(nn.Module):
         it, since the text's dense map keeps voting wherever the previous mask is not confident (previous logits
         are large, |x| ~ 10, next to the similarity map's |x| ~ 1-5, so where the previous mask is sure it wins).
         Caveat: the demo's prompt encoder and decoder were trained from scratch on text prompts only, and 400
-        CPU steps did not teach them to use clicks (clicks only: IoU 0.09 after 5 clicks in both runs), so the
+        CPU steps did not teach them to use clicks (clicks only: IoU 0.09 after 5 clicks in both runs; those
+        runs supervised only the last pass of each interactive step, since fixed: see train.py), so the
         numbers compare how each mode *keeps* the text, not how it combines text with a click-aware decoder.
         Re-measure with a checkpoint that has learned clicks (or a published SAM's prompt encoder).
         """
