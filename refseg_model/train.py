@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -33,11 +33,12 @@ from formats.images import load_image
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .curves import plot_history
 from .data.sources import FileSource, SynthSource, load_data_state, save_data_state, synth_val_samples
-from .device import cuda_index, resolve_device
+from .device import setup_training_device
 from .evaluate import quick_eval
+from .interactive_training import interactive_forward, interactive_plan
 from .modeling.loss import interactive_pass_loss, refseg_loss
 from .recipes import apply_loss_weights
-from .schedule import lr_factor
+from .schedule import lr_factor, make_optimizer
 from .transforms import image_to_frame, mask_to_frame
 
 SYNTH_PREFIX = "synth:"
@@ -71,7 +72,7 @@ class TrainConfig:
     augment: bool = True  # flips with spatial words rewritten
     curriculum_frac: float = 0.3  # synth: fraction of steps over which difficulty ramps from 0 to 1
     # fraction of each batch trained interactively: an initial prompt (text, click, box or text + click), then
-    # 1-3 corrective clicks simulated from the current prediction's errors (see `_interactive_forward`)
+    # 1-3 corrective clicks simulated from the current prediction's errors (see `interactive_training.interactive_forward`)
     interactive_frac: float = 0.0
     synth_size: int = 0  # synth: scene size; 0 = the model's input size
     seed: int = 0
@@ -102,28 +103,6 @@ def train_state_dir(out) -> Path:
     """Where `train` keeps its resume state for the checkpoint `out`: `OUT.train/` beside it."""
     out = Path(out)
     return out.with_name(out.name + ".train")
-
-
-# ------------------------------------------------------------------------------------------ distributed
-def _dist_info() -> Tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _setup_device(cfg: TrainConfig) -> Tuple[torch.device, int, int]:
-    rank, world, local = _dist_info()
-    name = resolve_device(cfg.device)
-    use_cuda = torch.cuda.is_available() and name.startswith("cuda")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        index = cuda_index(name, local, world)
-        torch.cuda.set_device(index)
-        device = torch.device("cuda", index)
-    else:
-        device = torch.device("cpu")
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
-    return device, rank, world
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -161,7 +140,7 @@ class _TrainStep(torch.nn.Module):
         if not interactive:
             out = self.model(images, input_ids, attention_mask)
         else:
-            out = _interactive_forward(self.model, images, input_ids, attention_mask, target, valid, **interactive)
+            out = interactive_forward(self.model, images, input_ids, attention_mask, target, valid, **interactive)
         parts = refseg_loss(self.model, out, target, valid, self.model.cfg.loss)
         if out.interactive_passes:
             extra = interactive_pass_loss(out.interactive_passes, target, valid, self.model.cfg.loss)
@@ -170,97 +149,6 @@ class _TrainStep(torch.nn.Module):
             share = len(out.interactive_passes) * interactive["rows"] / target.shape[0]
             parts["loss"] = parts["loss"] + share * extra
         return parts
-
-
-def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -> Optional[dict]:
-    """Which rows of this step's batch train interactively, and how: the last round(frac * batch) rows, each
-    with an initial prompt kind (text, click, box, text + click), 1-3 corrective clicks for the whole batch.
-
-    Drawn from a generator seeded by (run seed, rank, step) alone, so that a resumed run draws exactly what an
-    uninterrupted one did. The plan carries that generator's seed for the in-step sampling (first clicks inside
-    the target, box jitter) too.
-    """
-    k = int(round(frac * batch))
-    if k <= 0:
-        return None
-    from .interactive import INITIAL_KINDS
-
-    g_seed = (int(seed) * 1_000_003 + int(rank) * 7919 + int(step)) % (2 ** 63)
-    g = torch.Generator().manual_seed(g_seed)
-    kinds = torch.randint(len(INITIAL_KINDS), (k,), generator=g).tolist()
-    corrections = int(torch.randint(1, 4, (1,), generator=g))
-    return {"rows": k, "kinds": [INITIAL_KINDS[i] for i in kinds], "corrections": corrections,
-            "seed": int(torch.randint(2 ** 62, (1,), generator=g))}
-
-
-def _interactive_forward(model, images, input_ids, attention_mask, target, valid, rows: int, kinds: List[str],
-                         corrections: int, seed: int):
-    """The model's output on a batch whose last `rows` rows are decoded interactively (SAM's / RITM's
-    iterative training): initial prompt -> prediction -> corrective click at the deepest point of the larger
-    error region (`interactive.next_clicks`) with the previous low-res logits (detached) as mask input,
-    `corrections` times. Every pass is supervised, as SAM trains: the loss sees the last pass in mask_logits and
-    the earlier ones in `interactive_passes` (among them the initial prompt's answer without a previous mask:
-    a first click or a box alone, which the click tool answers with SAM's no-mask embedding; supervising only
-    the last pass, which always has a previous mask, left that embedding and that case untrained). Other rows:
-    text as usual.
-
-    images B x 3 x S x S, target/valid B x 1 x S x S; returns a RefSegOutput whose mask_logits (B x 1 x M x M)
-    hold the text-only answer for the first B - rows rows and the final interactive answer for the rest, and
-    whose interactive_passes hold the `corrections` earlier answers of the last `rows` rows (rows x 1 x M x M).
-    """
-    from .interactive import boxes_of, next_clicks, random_points_in
-    from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, POS_LABEL
-
-    b, dev = images.shape[0], images.device
-    s, m = model.image_size, model.sam.mask_input_size
-    emb = model.encode_image(images)
-    text, out = model.encode_text_prompts(emb, input_ids, attention_mask)
-    plain = torch.arange(0, b - rows, device=dev)
-    inter = torch.arange(b - rows, b, device=dev)
-    parts = []
-    if plain.numel():
-        none = torch.zeros(plain.numel(), 0, 2, device=dev), torch.zeros(plain.numel(), 0, dtype=torch.long, device=dev)
-        parts.append(model.decode_interactive(emb.index(plain), *none, text.index(plain))[0])
-
-    g = torch.Generator().manual_seed(seed)
-    emb_i, text_i = emb.index(inter), text.index(inter)
-    tgt = target[inter, 0] > 0.5
-    val = valid[inter, 0] > 0.5
-    # the error maps at the decoder's M x M grid (frame S x S -> M x M)
-    tgt_m = (torch.nn.functional.interpolate(target[inter], size=(m, m), mode="area")[:, 0] >= 0.5)
-    val_m = (torch.nn.functional.interpolate(valid[inter], size=(m, m), mode="area")[:, 0] >= 0.5)
-    q = 1 + corrections  # slot 0: the initial click; slots 1..: corrective clicks; then the two box corners
-    coords = torch.zeros(rows, q + 2, 2, device=dev)
-    labels = torch.full((rows, q + 2), PAD_LABEL, dtype=torch.long, device=dev)
-    kinds_t = kinds
-    with_text = torch.tensor([k in ("text", "text+click") for k in kinds_t], device=dev)
-    click0 = torch.tensor([k in ("click", "text+click") for k in kinds_t], device=dev)
-    box0 = torch.tensor([k == "box" for k in kinds_t], device=dev)
-    xy, ok = random_points_in(tgt & val, g)
-    coords[:, 0] = xy.to(dev)
-    labels[:, 0] = torch.where(click0 & ok.to(dev), torch.full_like(labels[:, 0], POS_LABEL), labels[:, 0])
-    box = boxes_of(tgt & val, g).to(dev)
-    coords[:, q] = torch.where(box0[:, None], box[:, :2], coords[:, q])
-    coords[:, q + 1] = torch.where(box0[:, None], box[:, 2:], coords[:, q + 1])
-    labels[:, q] = torch.where(box0, torch.full_like(labels[:, q], BOX_TL_LABEL), labels[:, q])
-    labels[:, q + 1] = torch.where(box0, torch.full_like(labels[:, q + 1], BOX_BR_LABEL), labels[:, q + 1])
-    prev = None
-    passes = []
-    for r in range(corrections):
-        logits, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
-        passes.append(logits)
-        with torch.no_grad():
-            xy, positive, _ = next_clicks(logits[:, 0].detach() > 0, tgt_m, val_m)
-            coords = coords.clone()
-            labels = labels.clone()
-            coords[:, 1 + r] = (xy + 0.5) * (s / m) - 0.5  # M-grid pixel -> frame pixel
-            labels[:, 1 + r] = torch.where(positive, POS_LABEL, NEG_LABEL)
-            prev = logits.detach().float()
-    final, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
-    parts.append(final)
-    out.mask_logits = torch.cat(parts)
-    out.interactive_passes = tuple(passes)
-    return out
 
 
 @dataclass
@@ -334,7 +222,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
     """Device (and process group), seed, the initial model, the data and the optimizer: a run at step 0."""
     if cfg.select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', not {cfg.select!r}")
-    device, rank, world = _setup_device(cfg)
+    device, rank, world = setup_training_device(cfg.device, cfg.threads)
     torch.manual_seed(cfg.seed + rank)
     model, meta = load_model(cfg.init, device)
     changed = apply_loss_weights(model, cfg.loss_weights)
@@ -346,7 +234,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
     base_version = str(meta.get("version", cfg.init))
     version = cfg.version or (f"{base_version}-ft" if not cfg.init.startswith("preset:") else f"{cfg.init[7:]}-trained")
     src, val, total, steps_per_epoch = _data(cfg, model.image_size, rank, world)
-    params, opt = _optimizer(model, cfg)
+    params, opt = make_optimizer(model, cfg.lr, cfg.decoder_lr, cfg.weight_decay)
     return _Run(cfg, device, rank, world, model, base_version, version, src, val, total, steps_per_epoch, params,
                 opt)
 
@@ -377,32 +265,6 @@ def _data(cfg: TrainConfig, size: int, rank: int, world: int):
             val.append((image, load_sample_mask(s, image_shape=image.shape), s.expression))
     steps_per_epoch = math.ceil(len(train_samples) / (cfg.batch_size * world))
     return src, val, cfg.steps or max(1, int(round(cfg.epochs * steps_per_epoch))), steps_per_epoch
-
-
-DECODER_PREFIXES = ("sam.prompt_encoder.", "sam.mask_decoder.")  # `TrainConfig.decoder_lr` applies to these
-
-
-def _optimizer(model, cfg: TrainConfig) -> Tuple[List[torch.nn.Parameter], torch.optim.Optimizer]:
-    """AdamW over the trainable parameters, without weight decay on biases and norms; SAM's prompt encoder and
-    mask decoder at `cfg.decoder_lr` (if set), the rest at `cfg.lr`. Parameters whose lr is 0 are frozen
-    (requires_grad off: no gradient is computed for them). Each group's `base_lr` is its lr before the
-    schedule."""
-    groups, params = [], []
-    for decoder in (True, False):
-        lr = cfg.decoder_lr if decoder and cfg.decoder_lr is not None else cfg.lr
-        mine = [p for n, p in model.named_parameters()
-                if p.requires_grad and n.startswith(DECODER_PREFIXES) == decoder]
-        if lr == 0:
-            for p in mine:
-                p.requires_grad_(False)
-            continue
-        params.extend(mine)
-        for wd, ps in ((cfg.weight_decay, [p for p in mine if p.ndim >= 2]), (0.0, [p for p in mine if p.ndim < 2])):
-            if ps:
-                groups.append({"params": ps, "weight_decay": wd, "lr": lr, "base_lr": lr})
-    if not groups:
-        raise ValueError("nothing to train: every learning rate is 0 (or every parameter is frozen)")
-    return params, torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _restore(run: _Run) -> None:

@@ -1,4 +1,4 @@
-"""Simulated clicks (refseg_model/interactive.py) and interactive training steps (train.interactive_plan)."""
+"""Simulated clicks (refseg_model/interactive.py) and interactive training steps (interactive_training.interactive_plan)."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from refseg_model.checkpoint import load_model
 from refseg_model.interactive import boxes_of, depth, iou, next_clicks, random_points_in
-from refseg_model.train import _interactive_forward, interactive_plan
+from refseg_model.interactive_training import interactive_forward, interactive_plan
 
 torch.set_num_threads(1)
 
@@ -80,7 +80,7 @@ def test_interactive_forward_trains_the_decoder_on_the_last_pass(spec):
     valid = torch.ones_like(target)
     tok = model.encoder.tokenize(["a", "b", "c", "d"])
     plan = {"rows": 3, "kinds": ["click", "box", "text+click"], "corrections": 2, "seed": 5}
-    out = _interactive_forward(model, images, tok["input_ids"], tok["attention_mask"], target, valid, **plan)
+    out = interactive_forward(model, images, tok["input_ids"], tok["attention_mask"], target, valid, **plan)
     m = model.sam.mask_input_size
     assert out.mask_logits.shape == (4, 1, m, m)
     out.mask_logits.sum().backward()

@@ -142,7 +142,7 @@ class RefSegOutput:
     q2: torch.Tensor  # B x K x Ct
     clip_tokens: torch.Tensor  # B x N x Cv (raw encoder map, for the region-text loss)
     text: Optional[TextFeatures] = None
-    # training only (`train._interactive_forward`): the low-res logits of the interactive rows' passes before
+    # training only (`interactive_training.interactive_forward`): the low-res logits of the interactive rows' passes before
     # the last (the initial prompt's answer, then after each corrective click but the last), each R x 1 x M x M
     # for the last R rows of the batch; supervised like mask_logits (`loss.interactive_pass_loss`)
     interactive_passes: Tuple[torch.Tensor, ...] = ()

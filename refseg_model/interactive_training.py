@@ -1,0 +1,100 @@
+"""Interactive training steps (`refseg train --interactive-frac`): SAM's / RITM's iterative recipe on part of
+each batch. `interactive_plan` draws which rows train interactively and how they start (text, click, box, text +
+click); `interactive_forward` decodes those rows through simulated corrective clicks (`interactive.next_clicks`),
+every pass supervised (see `RefSegOutput.interactive_passes`), the other rows from the text as usual.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from .interactive import INITIAL_KINDS, boxes_of, next_clicks, random_points_in
+from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, POS_LABEL
+
+
+def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -> Optional[dict]:
+    """Which rows of this step's batch train interactively, and how: the last round(frac * batch) rows, each
+    with an initial prompt kind (text, click, box, text + click), 1-3 corrective clicks for the whole batch.
+
+    Drawn from a generator seeded by (run seed, rank, step) alone, so that a resumed run draws exactly what an
+    uninterrupted one did. The plan carries that generator's seed for the in-step sampling (first clicks inside
+    the target, box jitter) too.
+    """
+    k = int(round(frac * batch))
+    if k <= 0:
+        return None
+    g_seed = (int(seed) * 1_000_003 + int(rank) * 7919 + int(step)) % (2 ** 63)
+    g = torch.Generator().manual_seed(g_seed)
+    kinds = torch.randint(len(INITIAL_KINDS), (k,), generator=g).tolist()
+    corrections = int(torch.randint(1, 4, (1,), generator=g))
+    return {"rows": k, "kinds": [INITIAL_KINDS[i] for i in kinds], "corrections": corrections,
+            "seed": int(torch.randint(2 ** 62, (1,), generator=g))}
+
+
+def interactive_forward(model, images, input_ids, attention_mask, target, valid, rows: int, kinds: List[str],
+                         corrections: int, seed: int):
+    """The model's output on a batch whose last `rows` rows are decoded interactively (SAM's / RITM's
+    iterative training): initial prompt -> prediction -> corrective click at the deepest point of the larger
+    error region (`interactive.next_clicks`) with the previous low-res logits (detached) as mask input,
+    `corrections` times. Every pass is supervised, as SAM trains: the loss sees the last pass in mask_logits and
+    the earlier ones in `interactive_passes` (among them the initial prompt's answer without a previous mask:
+    a first click or a box alone, which the click tool answers with SAM's no-mask embedding; supervising only
+    the last pass, which always has a previous mask, left that embedding and that case untrained). Other rows:
+    text as usual.
+
+    images B x 3 x S x S, target/valid B x 1 x S x S; returns a RefSegOutput whose mask_logits (B x 1 x M x M)
+    hold the text-only answer for the first B - rows rows and the final interactive answer for the rest, and
+    whose interactive_passes hold the `corrections` earlier answers of the last `rows` rows (rows x 1 x M x M).
+    """
+
+    b, dev = images.shape[0], images.device
+    s, m = model.image_size, model.sam.mask_input_size
+    emb = model.encode_image(images)
+    text, out = model.encode_text_prompts(emb, input_ids, attention_mask)
+    plain = torch.arange(0, b - rows, device=dev)
+    inter = torch.arange(b - rows, b, device=dev)
+    parts = []
+    if plain.numel():
+        none = torch.zeros(plain.numel(), 0, 2, device=dev), torch.zeros(plain.numel(), 0, dtype=torch.long, device=dev)
+        parts.append(model.decode_interactive(emb.index(plain), *none, text.index(plain))[0])
+
+    g = torch.Generator().manual_seed(seed)
+    emb_i, text_i = emb.index(inter), text.index(inter)
+    tgt = target[inter, 0] > 0.5
+    val = valid[inter, 0] > 0.5
+    # the error maps at the decoder's M x M grid (frame S x S -> M x M)
+    tgt_m = (torch.nn.functional.interpolate(target[inter], size=(m, m), mode="area")[:, 0] >= 0.5)
+    val_m = (torch.nn.functional.interpolate(valid[inter], size=(m, m), mode="area")[:, 0] >= 0.5)
+    q = 1 + corrections  # slot 0: the initial click; slots 1..: corrective clicks; then the two box corners
+    coords = torch.zeros(rows, q + 2, 2, device=dev)
+    labels = torch.full((rows, q + 2), PAD_LABEL, dtype=torch.long, device=dev)
+    kinds_t = kinds
+    with_text = torch.tensor([k in ("text", "text+click") for k in kinds_t], device=dev)
+    click0 = torch.tensor([k in ("click", "text+click") for k in kinds_t], device=dev)
+    box0 = torch.tensor([k == "box" for k in kinds_t], device=dev)
+    xy, ok = random_points_in(tgt & val, g)
+    coords[:, 0] = xy.to(dev)
+    labels[:, 0] = torch.where(click0 & ok.to(dev), torch.full_like(labels[:, 0], POS_LABEL), labels[:, 0])
+    box = boxes_of(tgt & val, g).to(dev)
+    coords[:, q] = torch.where(box0[:, None], box[:, :2], coords[:, q])
+    coords[:, q + 1] = torch.where(box0[:, None], box[:, 2:], coords[:, q + 1])
+    labels[:, q] = torch.where(box0, torch.full_like(labels[:, q], BOX_TL_LABEL), labels[:, q])
+    labels[:, q + 1] = torch.where(box0, torch.full_like(labels[:, q + 1], BOX_BR_LABEL), labels[:, q + 1])
+    prev = None
+    passes = []
+    for r in range(corrections):
+        logits, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
+        passes.append(logits)
+        with torch.no_grad():
+            xy, positive, _ = next_clicks(logits[:, 0].detach() > 0, tgt_m, val_m)
+            coords = coords.clone()
+            labels = labels.clone()
+            coords[:, 1 + r] = (xy + 0.5) * (s / m) - 0.5  # M-grid pixel -> frame pixel
+            labels[:, 1 + r] = torch.where(positive, POS_LABEL, NEG_LABEL)
+            prev = logits.detach().float()
+    final, _ = model.decode_interactive(emb_i, coords, labels, text_i, with_text, prev)
+    parts.append(final)
+    out.mask_logits = torch.cat(parts)
+    out.interactive_passes = tuple(passes)
+    return out
