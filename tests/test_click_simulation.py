@@ -68,8 +68,8 @@ def test_plan_is_a_function_of_seed_rank_step():
     assert {p["corrections"] for p in plans} == {1, 2, 3}
 
 
-@pytest.mark.parametrize("spec", ["tiny", "tiny-sam2.1"])
-def test_interactive_forward_trains_the_decoder_on_the_last_pass(spec):
+def _training_batch(spec):
+    """A model of preset `spec` in train mode and a 4-row batch: random images, one box-shaped target each."""
     torch.manual_seed(0)
     model, _ = load_model(spec)
     model.train()
@@ -78,7 +78,12 @@ def test_interactive_forward_trains_the_decoder_on_the_last_pass(spec):
     target = torch.zeros(4, 1, s, s)
     target[:, :, 10:40, 12:30] = 1
     valid = torch.ones_like(target)
-    tok = model.encoder.tokenize(["a", "b", "c", "d"])
+    return model, images, target, valid, model.encoder.tokenize(["a", "b", "c", "d"])
+
+
+@pytest.mark.parametrize("spec", ["tiny", "tiny-sam2.1"])
+def test_interactive_forward_trains_the_decoder_on_the_last_pass(spec):
+    model, images, target, valid, tok = _training_batch(spec)
     plan = {"rows": 3, "kinds": ["click", "box", "text+click"], "corrections": 2, "seed": 5}
     out = interactive_forward(model, images, tok["input_ids"], tok["attention_mask"], target, valid, **plan)
     m = model.sam.mask_input_size
@@ -95,15 +100,7 @@ def test_interactive_step_supervises_every_pass_including_the_first_click(spec):
     (which always has a previous mask) the no-mask embedding got no gradient and a first click never learned."""
     from refseg_model.train import _TrainStep
 
-    torch.manual_seed(0)
-    model, _ = load_model(spec)
-    model.train()
-    s = model.image_size
-    images = torch.rand(4, 3, s, s)
-    target = torch.zeros(4, 1, s, s)
-    target[:, :, 10:40, 12:30] = 1
-    valid = torch.ones_like(target)
-    tok = model.encoder.tokenize(["a", "b", "c", "d"])
+    model, images, target, valid, tok = _training_batch(spec)
     plan = {"rows": 2, "kinds": ["click", "box"], "corrections": 2, "seed": 5}
     parts = _TrainStep(model)(images, tok["input_ids"], tok["attention_mask"], target, valid, plan)
     assert "passes" in parts and float(parts["passes"].detach()) > 0
