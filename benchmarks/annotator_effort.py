@@ -207,6 +207,7 @@ def plot(res: Dict[str, dict], backend: Optional[Dict[str, dict]], title: str, p
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colours = {"text+clicks": "tab:blue", "clicks": "tab:orange", "text": "tab:green"}
@@ -217,6 +218,7 @@ def plot(res: Dict[str, dict], backend: Optional[Dict[str, dict]], title: str, p
                     markersize=3, label=f"{mode} ({where}): NoC@85 {r['NoC@85']:.1f}")
     for t in (0.85, 0.90):
         ax.axhline(t, color="grey", linewidth=0.8, linestyle=":")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("clicks")
     ax.set_ylabel("mean IoU")
     ax.set_ylim(0, 1)
