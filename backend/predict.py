@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 ANSWERED_GRACE_S = 10
 CLAIM = "claim"  # marker value "claim:<request id>": a request is enqueueing the task's job
 CLAIM_TTL_S = 60
+# delete a key only if it still holds the value read before (another request may have claimed it since)
+_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclass
@@ -212,8 +214,10 @@ class PredictService:
 
     def _pending_jobs(self, project: ProjectRef, tasks: List[dict], version: str) -> set:
         """Ids of tasks whose prediction an earlier /predict is still waiting for or handed to a still-living job
-        for late delivery, or that such a job posted moments ago under the current `version` (a post under an older version does
-        not count: after a promotion the task must get a prediction of the new one)."""
+        for late delivery, or that was delivered moments ago under the current `version`. Markers that no longer
+        hold a task back are removed (each only if it is still what was read), so that this request can claim
+        the task: a delivery under an older version (after a promotion the task must get a prediction of the new
+        one) and a job that died (the task is predicted again)."""
         ids = [task_id(t) for t in tasks if task_id(t) is not None]
         if not ids:
             return set()
@@ -221,18 +225,22 @@ class PredictService:
                    if job}
         if not markers:
             return set()
-        posted = {tid for tid, job in markers.items() if job == posted_marker(version)}
-        posted |= {tid for tid, job in markers.items() if job.startswith(CLAIM)}  # another request is enqueueing it
-        markers = {tid: job for tid, job in markers.items() if not job.startswith((POSTED, CLAIM))}
-        job_ids = sorted(set(markers.values()))
-        if not job_ids:
-            return posted
-        jobs = Job.fetch_many(job_ids, connection=self.rq_conn, serializer=JSONSerializer)
-        alive = {jid for jid, job in zip(job_ids, jobs) if job_alive(self.state, job, ALIVE)}
-        dead = [pending_key(project.key, tid) for tid, job in markers.items() if job not in alive]
-        if dead:
-            self.state.delete(*dead)  # their job died: predict them again
-        return posted | {tid for tid, job in markers.items() if job in alive}
+        current = posted_marker(version)
+        held = {tid for tid, job in markers.items() if job == current or job.startswith(CLAIM)}
+        released = {tid: job for tid, job in markers.items() if job.startswith(POSTED) and job != current}
+        jobs_of = {tid: job for tid, job in markers.items() if not job.startswith((POSTED, CLAIM))}
+        job_ids = sorted(set(jobs_of.values()))
+        alive = set()
+        if job_ids:
+            jobs = Job.fetch_many(job_ids, connection=self.rq_conn, serializer=JSONSerializer)
+            alive = {jid for jid, job in zip(job_ids, jobs) if job_alive(self.state, job, ALIVE)}
+        released.update({tid: job for tid, job in jobs_of.items() if job not in alive})
+        if released:
+            pipe = self.state.pipeline()
+            for tid, job in released.items():
+                pipe.eval(_DELETE_IF_EQUAL, 1, pending_key(project.key, tid), job)
+            pipe.execute()
+        return held | {tid for tid, job in jobs_of.items() if job in alive}
 
     def _enqueue(self, project, cfg, todo, request_id, queue_name, late) -> List[_Chunk]:
         size = self.settings.batch_chunk_size if queue_name == BATCH else 1

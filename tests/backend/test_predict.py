@@ -20,6 +20,8 @@ from backend_support import (
     wait_for,
 )
 
+from jobs.versions import VersionStore
+
 
 def _add_tasks(fake_ls, project: int, first_id: int, n: int, sizes=None):
     tasks, images = [], {}
@@ -140,7 +142,7 @@ def workers_redis(app):
     return redis.Redis.from_url(app.app.config["SETTINGS"].redis_url)
 
 
-def test_concurrent_requests_for_a_task_store_one_prediction(threaded_app, workers, fake_ls):
+def test_concurrent_requests_for_a_task_store_one_prediction(threaded_app, workers, fake_ls, tiny_checkpoint):
     """Label Studio asks for a task without predictions from its Data Manager list and from the task view at
     once, and stores every answer: the request that comes while the first one's job runs answers "pending" (no
     `result`: LS stores nothing), the first answers the mask, nothing is posted late; a request that comes just
@@ -195,6 +197,15 @@ def test_concurrent_requests_for_a_task_store_one_prediction(threaded_app, worke
     assert sum("result" in a for a in got) == 1 and sum(bool(a.get("pending")) for a in got) == 3, got
     wait_for(lambda: queues_idle(conn), 60, "the burst's job to end")
     assert fake_ls.predictions_for([600]) == []
+
+    # delivered under the old version moments ago (as a late post leaves it for 2 min), then a new version is
+    # promoted: the task is predicted by the new one at once, not held back by the old delivery
+    conn.set(marker, "posted:tiny-test", ex=120)
+    VersionStore(conn, tiny_checkpoint).promote(project_key(6, fake_ls.url, 1), "tiny-test-p6-ft1", tiny_checkpoint,
+                                                parent="tiny-test", metrics={"gIoU": 0.5})
+    ask("after promotion")
+    assert "result" in answers["after promotion"], answers["after promotion"]
+    assert answers["after promotion"]["model_version"] == "tiny-test-p6-ft1"
 
 
 def test_late_batch_results_are_posted_to_label_studio(threaded_app, workers, fake_ls):
