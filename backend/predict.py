@@ -34,10 +34,6 @@ from labelstudio.predictions import error_result, no_suggestion, pending_result,
 from labelstudio.prompts import parse_prompts
 
 log = logging.getLogger(__name__)
-# How long a task answered by /predict counts as just delivered (see PredictService._mark_answered): longer than
-# Label Studio takes between checking a task for predictions and asking the backend, far shorter than an
-# annotator takes to delete a prediction and retrieve it again.
-ANSWERED_GRACE_S = 10
 CLAIM = "claim"  # marker value "claim:<request id>": a request is enqueueing the task's job
 CLAIM_TTL_S = 60
 # delete a key only if it still holds the value read before (another request may have claimed it since)
@@ -88,7 +84,7 @@ class PredictService:
         self._wait(chunks, request_id, deadline, out, version)
         for chunk in chunks:  # budget spent: the worker delivers these itself
             if all(out[i] is not None for i in chunk.indices):
-                self._mark_answered(project, chunk, version)
+                self._unmark_answered(project, chunk)
                 continue
             # markers first, hand-off second: a worker that then finds itself late overwrites them with posted_marker()
             keys = [pending_key(project.key, tid) for tid in chunk.task_ids if tid is not None]
@@ -198,18 +194,13 @@ class PredictService:
                     pipe.set(pending_key(project.key, tid), chunk.job_id, ex=PENDING_TTL_S)
         pipe.execute()
 
-    def _mark_answered(self, project: ProjectRef, chunk: _Chunk, version: str) -> None:
-        """Answered here: for ANSWERED_GRACE_S the tasks' markers say so, as after a late post. Label Studio's
-        second request for a task can be built (checked for predictions) before the first answer was stored
-        and arrive after it was sent; it gets "pending", so LS stores one prediction. Then the marker expires
-        and a later request predicts anew. Only this chunk's own markers change (a newer request's stay)."""
-        keys = [pending_key(project.key, tid) for tid in chunk.task_ids if tid is not None]
-        if not keys:
-            return
+    def _unmark_answered(self, project: ProjectRef, chunk: _Chunk) -> None:
+        """Answered here: the chunk's markers go (each only if still this chunk's), so that a later request, e.g.
+        "Retrieve predictions" after the annotator deleted them, predicts the tasks anew."""
         pipe = self.state.pipeline()
-        for key, job in zip(keys, self.state.mget(keys)):
-            if job == chunk.job_id:
-                pipe.set(key, posted_marker(version), ex=ANSWERED_GRACE_S)
+        for tid in chunk.task_ids:
+            if tid is not None:
+                pipe.eval(_DELETE_IF_EQUAL, 1, pending_key(project.key, tid), chunk.job_id)
         pipe.execute()
 
     def _pending_jobs(self, project: ProjectRef, tasks: List[dict], version: str) -> set:
