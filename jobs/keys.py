@@ -6,7 +6,8 @@ the same id, or one of another Label Studio, has another key and inherits nothin
 
     refseg:handoff:<job>                   a batch job's results, or "late" (see jobs.handoff)
     refseg:done:<request>                  list of job ids whose results wait for that /predict request
-    refseg:pending:<project>:<task>        a task in flight or handed over for late delivery: job id, then "posted:<version>"
+    refseg:pending:<project>:<task>        a task in flight or handed over for late delivery: "claim:<request>" while
+                                           a /predict enqueues it, its job id, then "posted:<version>" (backend.predict)
     refseg:typed:<project>:<task>          the expression last typed for the task (jobs.typed_expressions)
     refseg:worker:<name>:alive             a worker's liveness key (see jobs.liveness)
     refseg:worker:<name>:missing_since     when a backend process first saw that key missing (server clock)
