@@ -38,6 +38,16 @@ CLAIM = "claim"  # marker value "claim:<request id>": a request is enqueueing th
 CLAIM_TTL_S = 60
 # delete a key only if it still holds the value read before (another request may have claimed it since)
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# claim a task's marker (ARGV[1], EX ARGV[3]) if it is free or only says "posted" under another version than
+# the current one (ARGV[2]); atomic, so of two requests at once exactly one wins
+_CLAIM_TASK = """
+local v = redis.call('get', KEYS[1])
+if (not v) or (string.sub(v, 1, 7) == 'posted:' and v ~= ARGV[2]) then
+  redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 @dataclass
@@ -74,7 +84,7 @@ class PredictService:
         # Label Studio asks for a task without a prediction from its Data Manager list and from the task view at
         # once, and stores every answer: each task is claimed atomically, and a request that loses the claim (or
         # comes while the winner's job runs) answers "pending", which LS does not store: one prediction, not two
-        claimed = self._claim(project, [t["id"] for _, t in todo], request_id)
+        claimed = self._claim(project, [t["id"] for _, t in todo], request_id, version)
         for i, job_task in todo:
             if job_task["id"] is not None and job_task["id"] not in claimed:
                 out[i] = pending_result(version)
@@ -175,15 +185,17 @@ class PredictService:
             job["prompts"] = prompts.to_json()
         return job, ""
 
-    def _claim(self, project: ProjectRef, ids: list, request_id: str) -> set:
+    def _claim(self, project: ProjectRef, ids: list, request_id: str, version: str) -> set:
         """The task ids (of `ids`) that no other request holds, now held by this one (`claim:<request>`, for
-        CLAIM_TTL_S: until `_mark_pending` replaces it, or a crash between the two lets it lapse)."""
+        CLAIM_TTL_S: until `_mark_pending` replaces it, or a crash between the two lets it lapse). A delivery
+        marker of an older version does not hold a task: after a promotion it is predicted by the new one."""
         unique = list(dict.fromkeys(tid for tid in ids if tid is not None))
         if not unique:
             return set()
         pipe = self.state.pipeline()
         for tid in unique:
-            pipe.set(pending_key(project.key, tid), f"{CLAIM}:{request_id}", nx=True, ex=CLAIM_TTL_S)
+            pipe.eval(_CLAIM_TASK, 1, pending_key(project.key, tid), f"{CLAIM}:{request_id}", posted_marker(version),
+                      CLAIM_TTL_S)
         return {tid for tid, won in zip(unique, pipe.execute()) if won}
 
     def _mark_pending(self, project: ProjectRef, chunks: List[_Chunk]) -> None:
@@ -205,10 +217,9 @@ class PredictService:
 
     def _pending_jobs(self, project: ProjectRef, tasks: List[dict], version: str) -> set:
         """Ids of tasks whose prediction an earlier /predict is still waiting for or handed to a still-living job
-        for late delivery, or that was delivered moments ago under the current `version`. Markers that no longer
-        hold a task back are removed (each only if it is still what was read), so that this request can claim
-        the task: a delivery under an older version (after a promotion the task must get a prediction of the new
-        one) and a job that died (the task is predicted again)."""
+        for late delivery, or that such a job posted moments ago under the current `version` (a post under an
+        older version does not count: after a promotion the task must get a prediction of the new one). Markers
+        of jobs that died are removed (each only if it is still what was read): the task is predicted again."""
         ids = [task_id(t) for t in tasks if task_id(t) is not None]
         if not ids:
             return set()
@@ -216,19 +227,17 @@ class PredictService:
                    if job}
         if not markers:
             return set()
-        current = posted_marker(version)
-        held = {tid for tid, job in markers.items() if job == current or job.startswith(CLAIM)}
-        released = {tid: job for tid, job in markers.items() if job.startswith(POSTED) and job != current}
+        held = {tid for tid, job in markers.items() if job == posted_marker(version) or job.startswith(CLAIM)}
         jobs_of = {tid: job for tid, job in markers.items() if not job.startswith((POSTED, CLAIM))}
         job_ids = sorted(set(jobs_of.values()))
-        alive = set()
-        if job_ids:
-            jobs = Job.fetch_many(job_ids, connection=self.rq_conn, serializer=JSONSerializer)
-            alive = {jid for jid, job in zip(job_ids, jobs) if job_alive(self.state, job, ALIVE)}
-        released.update({tid: job for tid, job in jobs_of.items() if job not in alive})
-        if released:
+        if not job_ids:
+            return held
+        jobs = Job.fetch_many(job_ids, connection=self.rq_conn, serializer=JSONSerializer)
+        alive = {jid for jid, job in zip(job_ids, jobs) if job_alive(self.state, job, ALIVE)}
+        dead = {tid: job for tid, job in jobs_of.items() if job not in alive}
+        if dead:
             pipe = self.state.pipeline()
-            for tid, job in released.items():
+            for tid, job in dead.items():
                 pipe.eval(_DELETE_IF_EQUAL, 1, pending_key(project.key, tid), job)
             pipe.execute()
         return held | {tid for tid, job in jobs_of.items() if job in alive}
