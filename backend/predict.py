@@ -96,12 +96,8 @@ class PredictService:
             if all(out[i] is not None for i in chunk.indices):
                 self._unmark_answered(project, chunk)
                 continue
-            # markers first, hand-off second: a worker that then finds itself late overwrites them with posted_marker()
+            # the markers set at enqueue stay: a worker that then finds itself late overwrites them with posted_marker()
             keys = [pending_key(project.key, tid) for tid in chunk.task_ids if tid is not None]
-            pipe = self.state.pipeline()
-            for key in keys:
-                pipe.set(key, chunk.job_id, ex=PENDING_TTL_S)
-            pipe.execute()
             results = give_up(self.state, chunk.job_id)
             if results is not None:
                 if keys:
