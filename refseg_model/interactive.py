@@ -19,7 +19,11 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-INITIAL_KINDS = ("text", "click", "box", "text+click")
+# How a simulated interaction starts. "wrong-text+click": another row's expression on this image plus a click on
+# the true target -- the suggestion the annotator is correcting is about something else (an expression the model
+# misreads, a domain it has not seen), so the clicks must win over the text; without it the decoder learns to
+# trust the text's answer, which on unseen scenes is where a click is needed most.
+INITIAL_KINDS = ("text", "click", "box", "text+click", "wrong-text+click")
 
 
 def depth(region: torch.Tensor, max_iter: Optional[int] = None) -> torch.Tensor:

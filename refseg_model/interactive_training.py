@@ -1,7 +1,8 @@
 """Interactive training steps (`refseg train --interactive-frac`): SAM's / RITM's iterative recipe on part of
 each batch. `interactive_plan` draws which rows train interactively and how they start (text, click, box, text +
-click); `interactive_forward` decodes those rows through simulated corrective clicks (`interactive.next_clicks`),
-every pass supervised (see `RefSegOutput.interactive_passes`), the other rows from the text as usual.
+click, or another expression + a click on the true target); `interactive_forward` decodes those rows through
+simulated corrective clicks (`interactive.next_clicks`), every pass supervised (see
+`RefSegOutput.interactive_passes`), the other rows from the text as usual.
 """
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from typing import List, Optional
 import torch
 
 from .interactive import INITIAL_KINDS, boxes_of, next_clicks, random_points_in
-from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, POS_LABEL
+from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, POS_LABEL, TextPrompts
 
 
 def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -> Optional[dict]:
     """Which rows of this step's batch train interactively, and how: the last round(frac * batch) rows, each
-    with an initial prompt kind (text, click, box, text + click), 1-3 corrective clicks for the whole batch.
+    with an initial prompt kind (`interactive.INITIAL_KINDS`: text, click, box, text + click, wrong text + click), 1-3 corrective clicks for the whole batch.
 
     Drawn from a generator seeded by (run seed, rank, step) alone, so that a resumed run draws exactly what an
     uninterrupted one did. The plan carries that generator's seed for the in-step sampling (first clicks inside
@@ -30,6 +31,16 @@ def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -
     corrections = int(torch.randint(1, 4, (1,), generator=g))
     return {"rows": k, "kinds": [INITIAL_KINDS[i] for i in kinds], "corrections": corrections,
             "seed": int(torch.randint(2 ** 62, (1,), generator=g))}
+
+
+def _with_wrong_text(model, emb, input_ids, attention_mask, text: TextPrompts, wrong: torch.Tensor) -> TextPrompts:
+    """`text` (R rows) with the rows where `wrong` holds replaced by the prompts of the next row's expression on
+    this row's image (rows rolled by one; with a single row, or two expressions that happen to mean the same
+    object, the "wrong" text is right, which does no harm)."""
+    other = torch.roll(torch.arange(input_ids.shape[0], device=input_ids.device), 1)
+    swapped, _ = model.encode_text_prompts(emb, input_ids[other], attention_mask[other])
+    return TextPrompts(torch.where(wrong[:, None, None], swapped.sparse, text.sparse),
+                       torch.where(wrong[:, None, None, None], swapped.dense_logits, text.dense_logits))
 
 
 def interactive_forward(model, images, input_ids, attention_mask, target, valid, rows: int, kinds: List[str],
@@ -69,10 +80,12 @@ def interactive_forward(model, images, input_ids, attention_mask, target, valid,
     q = 1 + corrections  # slot 0: the initial click; slots 1..: corrective clicks; then the two box corners
     coords = torch.zeros(rows, q + 2, 2, device=dev)
     labels = torch.full((rows, q + 2), PAD_LABEL, dtype=torch.long, device=dev)
-    kinds_t = kinds
-    with_text = torch.tensor([k in ("text", "text+click") for k in kinds_t], device=dev)
-    click0 = torch.tensor([k in ("click", "text+click") for k in kinds_t], device=dev)
-    box0 = torch.tensor([k == "box" for k in kinds_t], device=dev)
+    with_text = torch.tensor([k in ("text", "text+click", "wrong-text+click") for k in kinds], device=dev)
+    click0 = torch.tensor([k in ("click", "text+click", "wrong-text+click") for k in kinds], device=dev)
+    box0 = torch.tensor([k == "box" for k in kinds], device=dev)
+    wrong = torch.tensor([k == "wrong-text+click" for k in kinds], device=dev)
+    if bool(wrong.any()):
+        text_i = _with_wrong_text(model, emb_i, input_ids[inter], attention_mask[inter], text_i, wrong)
     xy, ok = random_points_in(tgt & val, g)
     coords[:, 0] = xy.to(dev)
     labels[:, 0] = torch.where(click0 & ok.to(dev), torch.full_like(labels[:, 0], POS_LABEL), labels[:, 0])

@@ -64,7 +64,7 @@ def test_plan_is_a_function_of_seed_rank_step():
     assert a["rows"] == 4 and len(a["kinds"]) == 4 and 1 <= a["corrections"] <= 3
     assert interactive_plan(8, 0.0, 0, 0, 3) is None
     plans = [interactive_plan(8, 1.0, 0, 0, s) for s in range(20)]
-    assert {k for p in plans for k in p["kinds"]} == {"text", "click", "box", "text+click"}
+    assert {k for p in plans for k in p["kinds"]} == {"text", "click", "box", "text+click", "wrong-text+click"}
     assert {p["corrections"] for p in plans} == {1, 2, 3}
 
 
@@ -107,3 +107,26 @@ def test_interactive_step_supervises_every_pass_including_the_first_click(spec):
     parts["loss"].backward()
     grad = model.sam.prompt_encoder.no_mask_embed.weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_wrong_text_rows_decode_another_expression_with_the_click():
+    """A "wrong-text+click" row is decoded from the next row's expression on its own image (plus its click on
+    the true target): its first pass equals a "text+click" pass whose text is that other expression, and differs
+    from the one with its own expression. The other rows are untouched."""
+    model, images, target, valid, tok = _training_batch("tiny")
+    model.eval()  # no dropout: passes are compared exactly
+    ids, att = tok["input_ids"], tok["attention_mask"]
+    plan = {"rows": 2, "kinds": ["text+click", "wrong-text+click"], "corrections": 1, "seed": 5}
+    with torch.no_grad():
+        wrong = interactive_forward(model, images, ids, att, target, valid, **plan)
+        right = interactive_forward(model, images, ids, att, target, valid,
+                                    **{**plan, "kinds": ["text+click", "text+click"]})
+        # row 3 with row 2's expression: exactly what "wrong" decodes
+        ids_b, att_b = ids.clone(), att.clone()
+        ids_b[3], att_b[3] = ids[2], att[2]
+        swapped = interactive_forward(model, images, ids_b, att_b, target, valid,
+                                      **{**plan, "kinds": ["text+click", "text+click"]})
+    first_w, first_r, first_s = (o.interactive_passes[0] for o in (wrong, right, swapped))
+    assert torch.allclose(first_w[0], first_r[0]) and torch.allclose(wrong.mask_logits[:2], right.mask_logits[:2])
+    assert torch.allclose(first_w[1], first_s[1], atol=1e-5)
+    assert not torch.allclose(first_w[1], first_r[1], atol=1e-3)
