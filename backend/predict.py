@@ -7,11 +7,11 @@ the real prediction to /api/predictions when it finishes (see jobs/handoff.py fo
 Projects are `labelstudio.identity.ProjectRef`s: state is keyed by `project.key`, and the jobs carry the
 identity so that no worker posts a result into another Label Studio or a re-created project.
 
-A task handed over for late delivery gets a marker `refseg:pending:<project key>:<task>` (the job id, then
-"posted" for POSTED_GRACE_S after the worker posted it): if LS asks for it again meanwhile (a second
-"Retrieve predictions", or a request LS built before the late post landed), it gets the placeholder again and
-no second job, so each task ends with exactly one prediction. A marker whose job died is dropped and the task
-predicted again.
+Every task being predicted has a marker `refseg:pending:<project key>:<task>` (the request's claim, then the
+job id, then "posted:<version>" for POSTED_GRACE_S after a late post, or for ANSWERED_GRACE_S after an inline
+answer): if LS asks for it again meanwhile (a second "Retrieve predictions", or a request LS built before the
+answer was stored), it gets the placeholder again and no second job, so each task ends with exactly one
+prediction. A marker whose job died is dropped and the task predicted again.
 """
 from __future__ import annotations
 
@@ -36,8 +36,22 @@ from labelstudio.prompts import parse_prompts
 log = logging.getLogger(__name__)
 CLAIM = "claim"  # marker value "claim:<request id>": a request is enqueueing the task's job
 CLAIM_TTL_S = 60
+# How long a task answered inline counts as just delivered (its marker says "posted:<version>", as after a late
+# post). Label Studio's two threads that ask for a task at once (Data Manager list, task view) each check the
+# database for a prediction first; the second can check before the first stores its answer and ask us after we
+# sent it (seen in a fresh-clone run of the layout e2e: two predictions). Longer than LS takes from storing an
+# answer to sending the other request (milliseconds, up to a busy SQLite write), shorter than an annotator takes
+# to delete a prediction and retrieve it again through the UI.
+ANSWERED_GRACE_S = 3
 # delete a key only if it still holds the value read before (another request may have claimed it since)
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# replace a key's value (ARGV[2], EX ARGV[3]) only if it still holds ARGV[1]
+_REPLACE_IF_EQUAL = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return 0
+"""
 # claim a task's marker (ARGV[1], EX ARGV[3]) if it is free or only says "posted" under another version than
 # the current one (ARGV[2]); atomic, so of two requests at once exactly one wins
 _CLAIM_TASK = """
@@ -94,7 +108,7 @@ class PredictService:
         self._wait(chunks, request_id, deadline, out, version)
         for chunk in chunks:  # budget spent: the worker delivers these itself
             if all(out[i] is not None for i in chunk.indices):
-                self._unmark_answered(project, chunk)
+                self._mark_answered(project, chunk, version)
                 continue
             # the markers set at enqueue stay: a worker that then finds itself late overwrites them with posted_marker()
             keys = [pending_key(project.key, tid) for tid in chunk.task_ids if tid is not None]
@@ -202,13 +216,16 @@ class PredictService:
                     pipe.set(pending_key(project.key, tid), chunk.job_id, ex=PENDING_TTL_S)
         pipe.execute()
 
-    def _unmark_answered(self, project: ProjectRef, chunk: _Chunk) -> None:
-        """Answered here: the chunk's markers go (each only if still this chunk's), so that a later request, e.g.
-        "Retrieve predictions" after the annotator deleted them, predicts the tasks anew."""
+    def _mark_answered(self, project: ProjectRef, chunk: _Chunk, version: str) -> None:
+        """Answered here: each of the chunk's markers (only if still this chunk's) says "posted" under `version`
+        for ANSWERED_GRACE_S, so that Label Studio's second request built before it stored this answer gets
+        "pending"; then it lapses and a later request, e.g. "Retrieve predictions" after the annotator deleted
+        the prediction, predicts the task anew."""
         pipe = self.state.pipeline()
         for tid in chunk.task_ids:
             if tid is not None:
-                pipe.eval(_DELETE_IF_EQUAL, 1, pending_key(project.key, tid), chunk.job_id)
+                pipe.eval(_REPLACE_IF_EQUAL, 1, pending_key(project.key, tid), chunk.job_id, posted_marker(version),
+                          ANSWERED_GRACE_S)
         pipe.execute()
 
     def _pending_jobs(self, project: ProjectRef, tasks: List[dict], version: str) -> set:

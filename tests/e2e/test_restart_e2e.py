@@ -55,6 +55,15 @@ class SecondLifeFailed(AssertionError):
     """The flow passed in the first life and failed in the second."""
 
 
+def _delivered_markers(redis_url: str) -> int:
+    """Tasks that /predict counts as just delivered ("posted:<version>" markers, for ANSWERED_GRACE_S after an
+    inline answer or POSTED_GRACE_S after a late post): a retrieve meanwhile answers them "pending"."""
+    import redis
+
+    conn = redis.Redis.from_url(redis_url)
+    return sum((conn.get(k) or b"").startswith(b"posted:") for k in conn.scan_iter("refseg:pending:*"))
+
+
 def _queue_counts(redis_url: str, name: str) -> tuple:
     import redis
     from rq import Queue
@@ -126,6 +135,8 @@ def _crash(ls, backend: Backend, redis_url: str, images: ImageServer, project: d
     set), then a fine-tune whose train worker is SIGKILLed while it downloads the annotated images."""
     held = {images.rel(s["path"]) for s in project["tasks"].values()}
     images.hold(held)
+    # the re-predict just delivered every task: until that lapses (seconds) a retrieve would answer "pending"
+    wait_for(lambda: _delivered_markers(redis_url) == 0, 150, "the re-predict's delivery markers to lapse", 0.2)
     t0 = time.monotonic()
     delete_predictions(ls, project["id"])  # else LS skips tasks that have a prediction of the current version
     retrieve(ls, project["id"])
