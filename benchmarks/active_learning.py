@@ -111,7 +111,7 @@ def decode(result: dict, shape) -> np.ndarray:
 def run_ordering(name, project, samples, n_eval, args, ls, url, state, rounds_out):
     """samples[:n_eval] are never corrected (a fixed evaluation set, the same for every ordering); the others
     are the pool the annotator corrects."""
-    from formats.metrics import RefSegMetrics, sample_iou
+    from formats.metrics import RefSegMetrics
     from jobs.stats import finetune_status
     from labelstudio.brush import brush_region
     from labelstudio.identity import ProjectRef, instance_id

@@ -14,7 +14,6 @@ The result is committed, so neither the package nor this script is needed at run
 from __future__ import annotations
 
 import gzip
-import json
 import sys
 from pathlib import Path
 
