@@ -16,7 +16,8 @@ from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, P
 
 def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -> Optional[dict]:
     """Which rows of this step's batch train interactively, and how: the last round(frac * batch) rows, each
-    with an initial prompt kind (`interactive.INITIAL_KINDS`: text, click, box, text + click, wrong text + click), 1-3 corrective clicks for the whole batch.
+    with an initial prompt kind (`interactive.INITIAL_KINDS`: text, click, box, text + click, wrong text +
+    click), 1-3 corrective clicks for the whole batch.
 
     Drawn from a generator seeded by (run seed, rank, step) alone, so that a resumed run draws exactly what an
     uninterrupted one did. The plan carries that generator's seed for the in-step sampling (first clicks inside
