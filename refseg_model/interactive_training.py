@@ -35,13 +35,15 @@ def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -
 
 
 def _with_wrong_text(model, emb, input_ids, attention_mask, text: TextPrompts, wrong: torch.Tensor) -> TextPrompts:
-    """`text` (R rows) with the rows where `wrong` holds replaced by the prompts of the next row's expression on
-    this row's image (rows rolled by one; with a single row, or two expressions that happen to mean the same
-    object, the "wrong" text is right, which does no harm)."""
-    other = torch.roll(torch.arange(input_ids.shape[0], device=input_ids.device), 1)
-    swapped, _ = model.encode_text_prompts(emb, input_ids[other], attention_mask[other])
-    return TextPrompts(torch.where(wrong[:, None, None], swapped.sparse, text.sparse),
-                       torch.where(wrong[:, None, None, None], swapped.dense_logits, text.dense_logits))
+    """`text` (R rows) with each row i where `wrong` holds replaced by the prompts of row i - 1's expression
+    (cyclically) on row i's image; only those rows run the text tower and prompter again. With a single row, or
+    two expressions that happen to mean the same object, the "wrong" text is right, which does no harm."""
+    rows = wrong.nonzero().squeeze(1)
+    other = (rows - 1) % input_ids.shape[0]
+    swapped, _ = model.encode_text_prompts(emb.index(rows), input_ids[other], attention_mask[other])
+    sparse, dense = text.sparse.clone(), text.dense_logits.clone()
+    sparse[rows], dense[rows] = swapped.sparse, swapped.dense_logits
+    return TextPrompts(sparse, dense)
 
 
 def interactive_forward(model, images, input_ids, attention_mask, target, valid, rows: int, kinds: List[str],
