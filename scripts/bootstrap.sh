@@ -19,19 +19,28 @@ if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
 fi
 
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "[bootstrap] creating .venv" >&2
-  "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-fi
+# --no-cache-dir: pip would otherwise keep a second copy of every wheel it downloads (torch's CUDA build and its
+# nvidia-* wheels are several GB) in ~/.cache/pip; a CI run once died of a full disk (ENOSPC) 30 s into this step.
+PIP_INSTALL=(.venv/bin/python -m pip install -q --no-cache-dir)
+report_disk() { echo "[bootstrap] disk: $(df -Ph . | awk 'NR==2 {print $4 " free of " $2 " on " $6}')" >&2; }
 # Reinstall only when the requirement files changed since the last successful install.
 stamp=.venv/.requirements.sha
 want=$(cat requirements*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # the install's peak: the .venv (about 6 GB on x86_64, torch's CUDA build) plus pip's unpacking
+  report_disk
+  if [ "$(df -Pk . | awk 'NR==2 {print $4}')" -lt $((8 * 1024 * 1024)) ]; then
+    echo "[bootstrap] warning: less than 8 GB free; the install may fail with 'No space left on device'" >&2
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    echo "[bootstrap] creating .venv" >&2
+    "$PY" -m venv .venv
+    "${PIP_INSTALL[@]}" --upgrade pip
+  fi
   echo "[bootstrap] installing Python requirements (torch from local disk where available)" >&2
-  .venv/bin/python -m pip install -q -r requirements-test.txt
+  "${PIP_INSTALL[@]}" -r requirements-test.txt || { report_disk; exit 1; }
   # sam2 builds from source against the torch installed above (requirements-sam2.txt says why)
-  SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation --no-deps -r requirements-sam2.txt
-  .venv/bin/python -m pip install -q --no-deps -e .
+  SAM2_BUILD_CUDA=0 "${PIP_INSTALL[@]}" --no-build-isolation --no-deps -r requirements-sam2.txt
+  "${PIP_INSTALL[@]}" --no-deps -e .
   echo "$want" > "$stamp"
 fi

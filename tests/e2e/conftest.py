@@ -66,8 +66,9 @@ def ensure_ls_venv() -> Path:
     base_python = shutil.which("python3") or getattr(sys, "_base_executable", None) or PY
     with log.open("w") as fh:
         steps = [[base_python, "-m", "venv", str(venv)],
-                 [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"],
-                 [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"]]
+                 [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-cache-dir", "--upgrade", "pip"],
+                 [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-cache-dir",
+                  f"label-studio=={LS_VERSION}"]]
         for cmd in steps:
             if cmd[1:3] == ["-m", "venv"] and (venv / "bin" / "python").exists():
                 continue
