@@ -6,6 +6,7 @@ and every request carries all clicks so far plus the previous answer's low-res l
 
   NoC@85 / NoC@90   clicks until IoU >= 0.85 / 0.90 (0 if the expression alone gets there; at most 20, counted
                     as 20 when never reached)
+  NoF@85 / NoF@90   samples that never reach 0.85 / 0.90 within the clicks (RITM's "number of failures")
   IoU@k             mean IoU after k = 0, 1, 3, 5 clicks
 
 for three ways of working: text + clicks (expression first, then clicks), clicks only (no expression: SAM's
@@ -89,6 +90,10 @@ def summarise(curves, latencies, max_clicks: int) -> dict:
         "n": len(curves),
         "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
         "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
+        # NoF (RITM's "number of failures"): samples that never reach the threshold within max_clicks. Each
+        # counts max_clicks in NoC, so NoF says how much of NoC is a plateau rather than slow progress.
+        "NoF@85": int(sum(max(c) < 0.85 for c in curves)),
+        "NoF@90": int(sum(max(c) < 0.90 for c in curves)),
         **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
         "click_ms_p50": 1000 * statistics.median(latencies) if latencies else None,
         "mean_iou_by_clicks": [float(v) for v in arr.mean(axis=0)],  # k = 0..max_clicks, for the plot
@@ -195,7 +200,8 @@ def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> 
 
 
 def _table(res: Dict[str, dict], max_clicks: int) -> None:
-    cols = ["NoC@85", "NoC@90"] + [f"IoU@{k}" for k in REPORT_AT if k <= max_clicks] + ["click_ms_p50"]
+    cols = ["NoC@85", "NoC@90", "NoF@85", "NoF@90"] + [f"IoU@{k}" for k in REPORT_AT if k <= max_clicks] \
+        + ["click_ms_p50"]
     print(f"{'mode':<12}" + "".join(f"{c:>13}" for c in cols))
     for mode, r in res.items():
         print(f"{mode:<12}" + "".join(f"{r[c]:>13.3f}" if r[c] is not None else f"{'-':>13}" for c in cols))

@@ -130,3 +130,22 @@ def test_wrong_text_rows_decode_another_expression_with_the_click():
     assert torch.allclose(first_w[0], first_r[0]) and torch.allclose(wrong.mask_logits[:2], right.mask_logits[:2])
     assert torch.allclose(first_w[1], first_s[1], atol=1e-5)
     assert not torch.allclose(first_w[1], first_r[1], atol=1e-3)
+
+
+def test_annotator_effort_counts_clicks_and_failures():
+    """benchmarks/annotator_effort.py's figures: NoC is the first click count at the threshold (max clicks when
+    never), NoF the samples that never get there."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "annotator_effort.py"
+    spec = importlib.util.spec_from_file_location("annotator_effort", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    curves = [[0.9, 0.9, 0.9, 0.9],   # the expression alone is enough: 0 clicks
+              [0.2, 0.5, 0.86, 0.95],  # 0.85 at 2 clicks, 0.90 at 3
+              [0.0, 0.3, 0.6, 0.7]]    # never: counts max_clicks (3), and is a failure at both thresholds
+    r = bench.summarise(curves, [0.01, 0.03], max_clicks=3)
+    assert r["NoC@85"] == (0 + 2 + 3) / 3 and r["NoC@90"] == (0 + 3 + 3) / 3
+    assert r["NoF@85"] == 1 and r["NoF@90"] == 1
+    assert abs(r["IoU@1"] - (0.9 + 0.5 + 0.3) / 3) < 1e-9 and abs(r["click_ms_p50"] - 20.0) < 1e-9

@@ -30,3 +30,16 @@ def test_device_cuda_1_reaches_the_finetune_training_run_as_cuda_1(tmp_path: Pat
     cfg = finetune_config(Settings.from_env({"DEVICE": "cuda:1", "FINETUNE_STEPS": "7"}), tmp_path / "data",
                           tmp_path / "out", "demo", "v-test")
     assert cfg.device == "cuda:1" and cfg.steps == 7 and cfg.init == "demo" and cfg.out == str(tmp_path / "out")
+
+
+def test_finetunes_train_part_of_each_batch_with_simulated_clicks(tmp_path: Path):
+    from jobs.settings import Settings
+    from workers.finetune import finetune_config
+
+    def frac(env):
+        return finetune_config(Settings.from_env(env), tmp_path / "d", tmp_path / "o", "demo", "v").interactive_frac
+
+    assert frac({}) == 0.5  # a text-only fine-tune wears off the click skill (README)
+    assert frac({"FINETUNE_INTERACTIVE_FRAC": "0"}) == 0.0
+    assert frac({"FINETUNE_INTERACTIVE_FRAC": "0.25"}) == 0.25
+    assert frac({"FINETUNE_INTERACTIVE_FRAC": "3"}) == 1.0 and frac({"FINETUNE_INTERACTIVE_FRAC": "-1"}) == 0.0

@@ -117,12 +117,14 @@ class ProgressReporter:
 
 def finetune_config(settings, data: Path, out: Path, init: str, version: str, on_progress=None):
     """The training run of one fine-tune: FINETUNE_* settings, on TRAIN_DEVICE, else DEVICE (cuda:1 stays
-    cuda:1); `on_progress` gets {"step", "steps", "loss"} after every step."""
+    cuda:1); `on_progress` gets {"step", "steps", "loss"} after every step. Part of each batch
+    (FINETUNE_INTERACTIVE_FRAC) trains with simulated clicks, so that corrections keep the click tool sharp."""
     from refseg_model.device import resolve_device
     from refseg_model.train import TrainConfig
 
     return TrainConfig(data=str(data), out=str(out), init=init, steps=settings.finetune_steps,
                        batch_size=settings.finetune_batch_size, lr=settings.finetune_lr, version=version,
+                       interactive_frac=settings.finetune_interactive_frac,
                        device=resolve_device(settings.trainer_device), progress=False, resume=False,
                        eval_every=settings.finetune_steps, on_progress=on_progress)
 

@@ -41,6 +41,10 @@ def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, 
     key = project_key(7, fake_ls.url)
     checkpoint = state.hget(f"refseg:project:{key}:model", "checkpoint")
     assert checkpoint.endswith(f"/{key}/tiny-test-p7-ft1")
+    # trained with simulated clicks on part of each batch (FINETUNE_INTERACTIVE_FRAC, default 0.5), as recorded
+    from refseg_model.checkpoint import read_checkpoint_meta
+
+    assert read_checkpoint_meta(checkpoint)["metadata"]["train"]["interactive_frac"] == 0.5
 
     # "Retrieve predictions" now runs on the new version, in the inference worker (hot reload, no restart)
     img, _ = scene(7001)
