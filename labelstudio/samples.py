@@ -92,6 +92,24 @@ def task_sample(cfg: ProjectConfig, task: dict) -> Tuple[Optional[Tuple[np.ndarr
     return (mask, expression, annotation), ""
 
 
+# what a skip reason says, in a few words (reasons carry ids and sizes; a summary counts them by kind)
+_SKIP_KINDS = (("no submitted", "not annotated"), ("no referring expression", "no referring expression"),
+               ("does not match the image", "mask size differs from the image"), (": empty mask", "empty mask"),
+               (" region", "no brush region"))
+
+
+def skip_summary(skipped: Iterable[dict]) -> str:
+    """`write_task_samples`'s skipped list as counts by kind, most frequent first: "12 no referring expression,
+    1 image unreadable" ("" when nothing was skipped). Why a fine-tune found too few samples, in one line."""
+    counts: dict = {}
+    for item in skipped:
+        reason = str(item.get("reason", ""))
+        kind = "image unreadable" if reason.startswith("image:") else next(
+            (k for marker, k in _SKIP_KINDS if marker in reason), "brush result unreadable")
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def write_task_samples(tasks: Iterable[dict], cfg: ProjectConfig, fetch_image: ImageFetcher,
                        root) -> Tuple[List[dict], List[dict]]:
     """Write the samples of `tasks` as interchange files under `root` (images/task<ID>.<ext>, masks/task<ID>.png).

@@ -210,3 +210,33 @@ def test_refseg_model_does_not_import_web_code():
             "('backend', 'workers', 'flask', 'rq', 'redis', 'requests')); print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_skipped_tasks_are_summarised_by_kind(tmp_path):
+    """The reasons `write_task_samples` gives, counted by kind (what a skipped fine-tune reports)."""
+    from labelstudio.labelconfig import parse_label_config
+    from labelstudio.samples import skip_summary, write_task_samples
+
+    cfg = parse_label_config('<View><Image name="image" value="$image"/><Text name="e" value="$expression"/>'
+                             '<BrushLabels name="mask" toName="image"><Label value="t"/></BrushLabels></View>')
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+
+    def task(tid, expression="the block", m=mask, annotated=True):
+        region = brush_region(m, from_name="mask", to_name="image", label="t")
+        return {"id": tid, "data": {"image": f"/img/{tid}.png", **({"expression": expression} if expression else {})},
+                "annotations": [{"id": tid * 10, "result": [region], "was_cancelled": False}] if annotated else []}
+
+    def fetch(url, tid):
+        if tid == 6:
+            raise ValueError("cannot decode")
+        return np.zeros((8, 8, 3), np.uint8) if tid != 7 else np.zeros((9, 8, 3), np.uint8)
+
+    tasks = [task(1), task(2, expression=None), task(3, expression=None), task(4, annotated=False),
+             task(5, m=np.zeros((8, 8), bool)), task(6), task(7)]
+    records, skipped = write_task_samples(tasks, cfg, fetch, tmp_path)
+    assert [r["task"] for r in records] == [1]
+    summary = dict(part.split(" ", 1)[::-1] for part in skip_summary(skipped).split(", "))
+    assert summary == {"no referring expression": "2", "image unreadable": "1", "empty mask": "1",
+                       "mask size differs from the image": "1", "not annotated": "1"}
+    assert skip_summary(skipped).startswith("2 no referring expression") and skip_summary([]) == ""

@@ -29,7 +29,7 @@ from jobs.queues import enqueue_finetune
 from jobs.versions import new_version_name, next_finetune_number
 from labelstudio.identity import ProjectRef, created_stamp
 from labelstudio.labelconfig import LabelConfigError, ProjectConfig, parse_label_config
-from labelstudio.samples import write_task_samples
+from labelstudio.samples import skip_summary, write_task_samples
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,11 @@ def _write_dataset(rt, cfg: ProjectConfig, ref: ProjectRef, root: Path) -> int:
         level = logging.WARNING if item["reason"].startswith(("image", "mask")) else logging.DEBUG
         log.log(level, "project %s task %s: skipped, %s", project, item["task"], item["reason"])
     if len(records) < rt.settings.finetune_min_annotations:
+        why = skip_summary(skipped)
+        hint = (" (fine-tuning learns from an expression per mask: a TextArea or the task's <Text> value)"
+                if "no referring expression" in why else "")
         raise FinetuneSkipped(f"{len(records)} usable annotated task(s); need at least "
-                              f"{rt.settings.finetune_min_annotations}")
+                              f"{rt.settings.finetune_min_annotations}" + (f"; skipped: {why}{hint}" if why else ""))
     records.sort(key=lambda r: r["task"])
     test = held_out_tasks(ref.key, [r["task"] for r in records], rt.settings.finetune_holdout)
     for r in records:

@@ -9,7 +9,7 @@ import requests
 from backend_support import CONFIG_TEXT, add_annotated_project, png, project_key, project_obj, scene, uid, wait_for
 from label_studio_sdk.converter.brush import decode_rle
 
-from jobs import finetune_state
+from jobs import finetune_state, stats
 
 
 def _annotation_event(action: str, project: int, ann_id: int = 1) -> dict:
@@ -165,3 +165,24 @@ def test_a_trigger_that_meets_an_undecided_job_is_rechecked_and_trains(gunicorn_
     version = _promoted_version(gunicorn_url, project, "tiny-test")
     assert version == "tiny-test-p98-ft1"
     assert state.get(f"refseg:project:{key}:train:running") is None
+
+
+def test_a_project_whose_masks_have_no_expression_is_skipped_with_the_reason(gunicorn_url, fake_ls, redis_url):
+    """Annotated tasks without a referring expression (e.g. a clicks-only label config) cannot train the text
+    path: the run is skipped, and its reason counts them by kind instead of only saying "0 usable"."""
+    add_annotated_project(fake_ls, 11, 1100, 3)
+    for tid in (1100, 1101, 1102):
+        del fake_ls.tasks[tid]["data"]["expression"]
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = requests.post(gunicorn_url + "/webhook", json={"action": "START_TRAINING", "project": project_obj(11)},
+                      timeout=5)
+    assert r.json()["finetune"] == "enqueued"
+    key = project_key(11, fake_ls.url)
+
+    def skipped():
+        st = stats.finetune_status(state).get(key, {})
+        return st if st.get("state") == "skipped" else None
+
+    st = wait_for(skipped, 120, "project 11's fine-tune to be skipped", 0.3)
+    assert "0 usable annotated task(s)" in st["reason"] and "skipped: 3 no referring expression" in st["reason"]
+    assert "TextArea" in st["reason"], st["reason"]
