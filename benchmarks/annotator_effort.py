@@ -37,43 +37,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from formats.metrics import sample_iou
+from refseg_model.evaluate import simulate_clicks
+
 REPORT_AT = (0, 1, 3, 5)
 MODES = ("text+clicks", "clicks", "text")
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def simulate(predictor, image: np.ndarray, gt: np.ndarray, expression: Optional[str], max_clicks: int,
-             stop_at: float = 1.01, latencies: Optional[List[float]] = None) -> List[float]:
-    """IoU after 0..max_clicks clicks for one sample (expression None: clicks only, IoU 0 at 0 clicks).
-
-    Stops early once IoU >= stop_at (the rest is filled with the last IoU)."""
-    from refseg_model.interactive import next_clicks
-
-    target = torch.from_numpy(np.asarray(gt, dtype=bool))[None]
-    if expression:
-        p = predictor.predict_prompts(image, expression)
-        pred, low_res = p.mask, p.low_res  # the first click gets the text's answer as its previous mask
-    else:
-        pred, low_res = np.zeros_like(gt, dtype=bool), None
-    ious = [_iou(pred, gt) if expression else 0.0]
-    points: List[tuple] = []
-    for _ in range(max_clicks):
-        if ious[-1] >= stop_at:
-            ious.append(ious[-1])
-            continue
-        xy, positive, _ = next_clicks(torch.from_numpy(pred)[None], target)
-        points.append((float(xy[0, 0]), float(xy[0, 1]), bool(positive[0])))  # pixel index, as in training
-        t0 = time.perf_counter()
-        [p] = predictor.predict(image, expression or None, points=list(points), mask_input=low_res)
-        if latencies is not None:
-            latencies.append(time.perf_counter() - t0)
-        pred, low_res = p.mask, p.low_res
-        ious.append(_iou(pred, gt))
-    return ious
 
 
 def noc(ious: List[float], threshold: float, max_clicks: int) -> int:
@@ -107,9 +75,9 @@ def run(predictor, samples, max_clicks: int = 20) -> Dict[str, dict]:
         for image, gt, expr in samples:
             if mode == "text":
                 [p] = predictor.predict(image, expr)
-                curves.append([_iou(p.mask, gt)] * (max_clicks + 1))
+                curves.append([sample_iou(p.mask, gt)] * (max_clicks + 1))
                 continue
-            curves.append(simulate(predictor, image, gt, expr if mode == "text+clicks" else None, max_clicks,
+            curves.append(simulate_clicks(predictor, image, gt, expr if mode == "text+clicks" else None, max_clicks,
                                    latencies=lat))
         out[mode] = summarise(curves, lat, max_clicks)
     return out
@@ -175,7 +143,7 @@ def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> 
                     pred = mask_of(r.json()["results"][0], gt.shape)
                 else:
                     pred = np.zeros_like(gt, dtype=bool)
-                ious = [_iou(pred, gt) if text else 0.0]
+                ious = [sample_iou(pred, gt) if text else 0.0]
                 items: List[dict] = []
                 target = torch.from_numpy(np.asarray(gt, dtype=bool))[None]
                 for _ in range(max_clicks):
@@ -191,7 +159,7 @@ def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> 
                     lat.append(time.perf_counter() - t0)
                     r.raise_for_status()
                     pred = mask_of(r.json()["results"][0], gt.shape)
-                    ious.append(_iou(pred, gt))
+                    ious.append(sample_iou(pred, gt))
                 curves.append(ious)
             out[mode] = summarise(curves, lat, max_clicks)
     finally:

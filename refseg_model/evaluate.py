@@ -9,7 +9,7 @@ import torch
 
 from formats.datasets.sample import Sample
 from formats.images import load_image
-from formats.metrics import RefSegMetrics
+from formats.metrics import RefSegMetrics, sample_iou
 
 from .predictor import RefSegPredictor
 
@@ -43,6 +43,55 @@ def evaluate_samples(
         if per_sample is not None:
             per_sample.append(iou)
     return metrics.compute()
+
+
+def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarray, expression: Optional[str],
+                    max_clicks: int, stop_at: float = 1.01, latencies: Optional[List[float]] = None) -> List[float]:
+    """IoU after 0..max_clicks simulated corrective clicks on one sample (RITM / SAM NoC protocol): after each
+    answer a click at the point deepest inside the larger error region (missed target -> positive, false area
+    -> negative; `interactive.next_clicks`); every request carries all clicks so far and the previous answer's
+    low-res logits as mask input (as the backend's `predict_interactive` does). With an expression the first
+    answer is the text's (IoU@0); without one (a SAM click tool) there is no mask before the first click (0).
+
+    gt H x W bool (the image's size). Stops early once IoU >= stop_at (the rest repeats the last IoU);
+    `latencies` gets each click's seconds."""
+    import time
+
+    from .interactive import next_clicks
+
+    target = torch.from_numpy(np.asarray(gt, dtype=bool))[None]
+    if expression:
+        p = predictor.predict_prompts(image, expression)
+        pred, low_res = p.mask, p.low_res  # the first click gets the text's answer as its previous mask
+    else:
+        pred, low_res = np.zeros_like(gt, dtype=bool), None
+    ious = [sample_iou(pred, gt) if expression else 0.0]
+    points: List[tuple] = []
+    for _ in range(max_clicks):
+        if ious[-1] >= stop_at:
+            ious.append(ious[-1])
+            continue
+        xy, positive, _ = next_clicks(torch.from_numpy(pred)[None], target)
+        points.append((float(xy[0, 0]), float(xy[0, 1]), bool(positive[0])))  # pixel index, as in training
+        t0 = time.perf_counter()
+        [p] = predictor.predict(image, expression or None, points=list(points), mask_input=low_res)
+        if latencies is not None:
+            latencies.append(time.perf_counter() - t0)
+        pred, low_res = p.mask, p.low_res
+        ious.append(sample_iou(pred, gt))
+    return ious
+
+
+def evaluate_clicks(predictor: RefSegPredictor, samples: Sequence[Sample], clicks: int = 1) -> Dict[str, float]:
+    """Mean IoU of the expression's answer and after `clicks` simulated corrective clicks on it
+    (`simulate_clicks`), over `samples`: {"IoU@0": ..., "IoU@<clicks>": ...} in [0, 1] (empty: {})."""
+    from formats.datasets.sample_mask import load_sample_mask
+
+    curves = [simulate_clicks(predictor, load_image(str(s.image)), load_sample_mask(s), s.expression, clicks)
+              for s in samples]
+    if not curves:
+        return {}
+    return {"IoU@0": float(np.mean([c[0] for c in curves])), f"IoU@{clicks}": float(np.mean([c[-1] for c in curves]))}
 
 
 def batch_intersection_union(pred: torch.Tensor, gt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -41,3 +41,21 @@ def test_demo_reaches_gIoU_060_on_unseen_synthetic_scenes(tmp_path):
     assert figures["n"] >= 150  # up to 3 expressions per image
     assert figures["gIoU"] >= 0.60, figures
     assert figures["cIoU"] >= 0.60, figures
+
+
+def test_clicks_on_the_demos_answers_improve_them(tmp_path):
+    """`evaluate_clicks` (the fine-tune report's click figure and annotator_effort's protocol): its IoU@0 is the
+    text answer that `evaluate_samples` scores, and three corrective clicks raise the mean IoU."""
+    from formats.datasets.interchange import read_interchange
+    from refseg_model.data.synth import write_dataset
+    from refseg_model.evaluate import evaluate_clicks, evaluate_samples
+    from refseg_model.predictor import RefSegPredictor
+
+    write_dataset(tmp_path, n_images=20, seed=4343, split_fractions=(0, 0, 1), progress=False)
+    samples = read_interchange(tmp_path, "test")
+    predictor = RefSegPredictor.from_spec("demo")
+    text = evaluate_samples(predictor, samples, progress=False)
+    clicks = evaluate_clicks(predictor, samples, clicks=3)
+    assert abs(clicks["IoU@0"] - text["gIoU"]) < 1e-6, (clicks, text)
+    assert clicks["IoU@3"] > clicks["IoU@0"] + 0.02, clicks
+    assert evaluate_clicks(predictor, [], clicks=1) == {}

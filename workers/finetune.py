@@ -131,7 +131,7 @@ def finetune_config(settings, data: Path, out: Path, init: str, version: str, on
 
 def _finetune(rt, ref: ProjectRef, job_id: str) -> dict:
     from formats.datasets.interchange import read_interchange
-    from refseg_model.evaluate import evaluate_samples
+    from refseg_model.evaluate import evaluate_clicks, evaluate_samples
     from refseg_model.predictor import RefSegPredictor, resolve_device
     from refseg_model.train import train, train_state_dir
 
@@ -164,17 +164,25 @@ def _finetune(rt, ref: ProjectRef, job_id: str) -> dict:
                                        on_progress=ProgressReporter(rt.state, project)))
         held_out = read_interchange(work, "test")
         iou_old, iou_new = [], []
-        old = evaluate_samples(rt.models.get(current.checkpoint), held_out, progress=False, per_sample=iou_old)
-        new = evaluate_samples(RefSegPredictor.from_spec(str(candidate), device=resolve_device(rt.models.device)), held_out,
-                               progress=False, per_sample=iou_new)
+        current_model = rt.models.get(current.checkpoint)
+        new_model = RefSegPredictor.from_spec(str(candidate), device=resolve_device(rt.models.device))
+        old = evaluate_samples(current_model, held_out, progress=False, per_sample=iou_old)
+        new = evaluate_samples(new_model, held_out, progress=False, per_sample=iou_new)
+        # what annotators who click see: IoU after one simulated corrective click on the expression's answer
+        # (reported; the promotion rule stays text gIoU)
+        click_old = evaluate_clicks(current_model, held_out, clicks=1).get("IoU@1")
+        click_new = evaluate_clicks(new_model, held_out, clicks=1).get("IoU@1")
         report = {"version": version, "parent": current.version, "samples": count, "held_out": len(held_out),
                   "steps": result.steps, "train_seconds": round(result.seconds, 2),
                   "giou_new": new["gIoU"], "giou_current": old["gIoU"],
-                  "ciou_new": new["cIoU"], "ciou_current": old["cIoU"], **paired_comparison(iou_new, iou_old)}
+                  "ciou_new": new["cIoU"], "ciou_current": old["cIoU"],
+                  "click_iou_new": click_new, "click_iou_current": click_old, **paired_comparison(iou_new, iou_old)}
         se = report["giou_delta_se"]
+        clicks = ("" if click_new is None or click_old is None
+                  else f"; IoU after one click {click_new:.4f} vs {click_old:.4f}")
         verdict = (f"held-out gIoU {new['gIoU']:.4f} vs {old['gIoU']:.4f} for {current.version} "
                    f"({report['giou_delta']:+.4f} ± {'unknown' if se is None else f'{se:.4f}'} s.e.; better on "
-                   f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)})")
+                   f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)}{clicks})")
         report["verdict"] = verdict
         if not new["gIoU"] >= old["gIoU"] - s.finetune_promote_tolerance:  # NaN is worse, never promoted
             log.info("project %s: %s not promoted: %s", project, version, verdict)

@@ -45,6 +45,10 @@ def test_start_training_promotes_a_new_version_that_workers_serve(gunicorn_url, 
     from refseg_model.checkpoint import read_checkpoint_meta
 
     assert read_checkpoint_meta(checkpoint)["metadata"]["train"]["interactive_frac"] == 0.5
+    # the report also scores one simulated corrective click on the held-out tasks, for both versions
+    st = stats.finetune_status(state)[key]
+    assert 0.0 <= st["click_iou_new"] <= 1.0 and 0.0 <= st["click_iou_current"] <= 1.0, st
+    assert f"IoU after one click {st['click_iou_new']:.4f} vs {st['click_iou_current']:.4f}" in st["verdict"], st
 
     # "Retrieve predictions" now runs on the new version, in the inference worker (hot reload, no restart)
     img, _ = scene(7001)
