@@ -231,6 +231,11 @@ def _prepare(cfg: TrainConfig) -> _Run:
               + ", ".join(f"{k} {old:g} -> {new:g}" for k, (old, new) in changed.items()), flush=True)
     if rank == 0 and cfg.recipe:
         print(f"model {model.cfg.name}: input {model.image_size} px (set by --init, not by the recipe)", flush=True)
+    clicks_before = ((meta.get("metadata") or {}).get("train") or {}).get("interactive_frac") or 0
+    if rank == 0 and clicks_before and not cfg.interactive_frac:
+        print(f"note: {cfg.init} was trained with simulated clicks (interactive_frac {clicks_before:g}) and this run "
+              "trains on text only, which wears off its click skill (README, 'Fine-tuning on a distribution it has "
+              "not seen'); --interactive-frac 0.5 keeps it", flush=True)
     base_version = str(meta.get("version", cfg.init))
     version = cfg.version or (f"{base_version}-ft" if not cfg.init.startswith("preset:") else f"{cfg.init[7:]}-trained")
     src, val, total, steps_per_epoch = _data(cfg, model.image_size, rank, world)

@@ -302,3 +302,17 @@ def test_torchrun_two_processes_gloo(tmp_path, data_dir):
     assert _state(out)["step"] == 3
     model, _ = load_checkpoint(out)
     assert model.cfg.name == "tiny"
+
+
+def test_a_text_only_finetune_of_a_click_trained_checkpoint_says_how_to_keep_the_clicks(tmp_path, data_dir, capsys):
+    """Fine-tuning a checkpoint trained with simulated clicks on text alone wears off its click skill (README):
+    the run says so, and a run that trains clicks too stays quiet."""
+    common = dict(data=str(data_dir), batch_size=2, steps=1, eval_every=1, max_val=2, augment=False, progress=False,
+                  threads=1, resume=False)
+    train(TrainConfig(out=str(tmp_path / "clicks"), init="preset:tiny", interactive_frac=0.5, **common))
+    assert "note:" not in capsys.readouterr().out  # preset:tiny has no training record
+    train(TrainConfig(out=str(tmp_path / "text"), init=str(tmp_path / "clicks"), **common))
+    out = capsys.readouterr().out
+    assert "was trained with simulated clicks (interactive_frac 0.5)" in out and "--interactive-frac 0.5" in out
+    train(TrainConfig(out=str(tmp_path / "both"), init=str(tmp_path / "clicks"), interactive_frac=0.25, **common))
+    assert "note:" not in capsys.readouterr().out
