@@ -50,7 +50,7 @@ def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarra
     """IoU after 0..max_clicks simulated corrective clicks on one sample (RITM / SAM NoC protocol): after each
     answer a click at the point deepest inside the larger error region (missed target -> positive, false area
     -> negative; `interactive.next_clicks`); every request carries all clicks so far and the previous answer's
-    low-res logits as mask input (as the backend's `predict_interactive` does). With an expression the first
+    low-res logits as mask input (as the workers' `predict_sequence` does). With an expression the first
     answer is the text's (IoU@0); without one (a SAM click tool) there is no mask before the first click (0).
 
     gt H x W bool (the image's size). Stops early once IoU >= stop_at (the rest repeats the last IoU);
