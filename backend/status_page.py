@@ -318,7 +318,11 @@ footer { color:var(--muted); font-size:12px; margin-top:28px; }
           {% elif o.status == 'promoted' and o.held_out %}<div class="small muted">Δ {{ o.giou_delta|signed }}{%
             if o.giou_delta_se is not none %} ± {{ o.giou_delta_se|fmt }}{% endif %} on {{ o.held_out }} held-out
             task{{ "" if o.held_out == 1 else "s" }}</div>{% endif %}</td>
-        <td class="num">{{ o.giou_new|fmt }} / {{ o.giou_current|fmt }}</td>
+        <td class="num">{{ o.giou_new|fmt }} / {{ o.giou_current|fmt }}{%
+          if o.click_iou_new is number and o.click_iou_current is number %}
+          <div class="small muted nowrap" data-role="click-iou"
+            title="mean IoU after one simulated corrective click on the expression's answer">1 click {{
+            o.click_iou_new|fmt }} / {{ o.click_iou_current|fmt }}</div>{% endif %}</td>
       </tr>
       {% endfor %}
     </table>

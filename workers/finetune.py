@@ -85,8 +85,8 @@ def _record_outcome(state, project: str, job_id: str, outcome: str, report: dict
     """One entry of the project's outcome list (jobs.stats), which the status page plots and lists."""
     if outcome not in stats.FINETUNE_OUTCOMES:  # "deferred": this job never ran a fine-tune
         return
-    extra = {k: report[k] for k in ("parent", "samples", "held_out", "giou_delta", "giou_delta_se", "verdict")
-             if k in report}
+    extra = {k: report[k] for k in ("parent", "samples", "held_out", "giou_delta", "giou_delta_se", "verdict",
+                                    "click_iou_new", "click_iou_current") if k in report}
     try:
         stats.record_finetune_outcome(state, project, status=outcome, version=report.get("version"),
                                       giou_new=report.get("giou_new"), giou_current=report.get("giou_current"),

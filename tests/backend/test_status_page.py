@@ -12,6 +12,7 @@ promotions is saved there.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,8 @@ def test_status_json_after_promoted_rejected_and_failed_fine_tunes(status_stack,
                                                                     (ft1, "promoted")]
     for o in p["outcomes"]:
         assert isinstance(o["giou_new"], float) and isinstance(o["giou_current"], float) and o["finished_at"]
+        # and the click figure of both versions (IoU after one simulated corrective click), rejected ones too
+        assert 0.0 <= o["click_iou_new"] <= 1.0 and 0.0 <= o["click_iou_current"] <= 1.0, o
     rejected = p["outcomes"][1]
     assert rejected["parent"] == ft1 and rejected["reason"].startswith(f"worse than {ft1}, tolerance -1:")
     assert not (Path(status_stack.env["MODEL_DIR"]) / status_stack.key(PROJECT) / ft2).exists()
@@ -232,6 +235,10 @@ def test_status_html_marks_promoted_and_rejected_candidates(status_stack, finetu
     assert f'class="run rejected" data-version="{ft[1]}"' in html
     assert f'class="run promoted" data-version="{ft[2]}"' in html
     assert "HTTP 404" in html  # the failure's reason
+    promoted = status_stack.project(PROJECT)["outcomes"][0]
+    click = re.search(r'data-role="click-iou"[^>]*>1 click ([0-9.]+) / ([0-9.]+)</div>', html)
+    assert click and click.groups() == (f'{promoted["click_iou_new"]:.3f}', f'{promoted["click_iou_current"]:.3f}')
+    assert html.count('data-role="click-iou"') == 3  # the three scored runs; the failed one has no figure
     assert "<script" not in html.lower()
 
 
