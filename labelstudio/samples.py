@@ -5,7 +5,8 @@ Per task:
     annotation  the newest non-cancelled annotation with a result (ground-truth annotations first);
     mask        union of its regions of the BrushLabels (brush RLE) / PolygonLabels control, at the image's
                 original size (`original_width/height` of the region; must match the image);
-    expression  the annotation's TextArea text if any, else the task data's <Text value="$key"> value.
+    expression  the annotation's TextArea text if any, else the task data's <Text value="$key"> value; with
+                `allow_clicks_only` and a label config without Text/TextArea (SAM's click tool): "" for every task.
 Tasks without such an annotation (not labelled, skipped, empty mask, no expression, image unreadable, mask
 and image of different sizes) are skipped with the reason.
 """
@@ -69,8 +70,10 @@ def annotation_mask(cfg: ProjectConfig, results: Sequence[dict]) -> Optional[np.
     return mask
 
 
-def task_sample(cfg: ProjectConfig, task: dict) -> Tuple[Optional[Tuple[np.ndarray, str, dict]], str]:
-    """((mask, expression, annotation), "") or (None, reason)."""
+def task_sample(cfg: ProjectConfig, task: dict,
+                allow_clicks_only: bool = False) -> Tuple[Optional[Tuple[np.ndarray, str, dict]], str]:
+    """((mask, expression, annotation), "") or (None, reason). `allow_clicks_only`: a config with no expression
+    source (`has_expression_source`) gives every mask the expression "" (fine-tuning trains it with clicks)."""
     annotation = pick_annotation(task.get("annotations") or [])
     if annotation is None:
         return None, "no submitted (non-cancelled) annotation"
@@ -83,6 +86,8 @@ def task_sample(cfg: ProjectConfig, task: dict) -> Tuple[Optional[Tuple[np.ndarr
         return None, f"annotation {annotation.get('id')} has no {cfg.from_name!r} region"
     if not mask.any():
         return None, f"annotation {annotation.get('id')}: empty mask"
+    if allow_clicks_only and not has_expression_source(cfg):
+        return (mask, "", annotation), ""
     expression = textarea_text(cfg, results)
     if not expression and cfg.text_key:
         value = (task.get("data") or {}).get(cfg.text_key)
@@ -90,6 +95,11 @@ def task_sample(cfg: ProjectConfig, task: dict) -> Tuple[Optional[Tuple[np.ndarr
     if not expression:
         return None, "no referring expression (TextArea text or task data)"
     return (mask, expression, annotation), ""
+
+
+def has_expression_source(cfg: ProjectConfig) -> bool:
+    """Whether the label config gives masks an expression (a TextArea, or a <Text value="$key">)."""
+    return bool(cfg.text_key or cfg.textarea_name)
 
 
 # what a skip reason says, in a few words (reasons carry ids and sizes; a summary counts them by kind)
@@ -111,7 +121,7 @@ def skip_summary(skipped: Iterable[dict]) -> str:
 
 
 def write_task_samples(tasks: Iterable[dict], cfg: ProjectConfig, fetch_image: ImageFetcher,
-                       root) -> Tuple[List[dict], List[dict]]:
+                       root, allow_clicks_only: bool = False) -> Tuple[List[dict], List[dict]]:
     """Write the samples of `tasks` as interchange files under `root` (images/task<ID>.<ext>, masks/task<ID>.png).
 
     Returns (records, skipped): records {"image", "mask", "expression", "task", "annotation"} (relative paths,
@@ -123,7 +133,7 @@ def write_task_samples(tasks: Iterable[dict], cfg: ProjectConfig, fetch_image: I
     skipped: List[dict] = []
     for task in tasks:
         tid = task.get("id")
-        sample, why = task_sample(cfg, task)
+        sample, why = task_sample(cfg, task, allow_clicks_only)
         if sample is None:
             skipped.append({"task": tid, "reason": why})
             continue

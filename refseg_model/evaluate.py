@@ -82,13 +82,18 @@ def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarra
     return ious
 
 
-def evaluate_clicks(predictor: RefSegPredictor, samples: Sequence[Sample], clicks: int = 1) -> Dict[str, float]:
+def evaluate_clicks(predictor: RefSegPredictor, samples: Sequence[Sample], clicks: int = 1,
+                    per_sample: Optional[List[float]] = None) -> Dict[str, float]:
     """Mean IoU of the expression's answer and after `clicks` simulated corrective clicks on it
-    (`simulate_clicks`), over `samples`: {"IoU@0": ..., "IoU@<clicks>": ...} in [0, 1] (empty: {})."""
+    (`simulate_clicks`; a sample with expression "" is clicked from nothing, as SAM's click tool), over
+    `samples`: {"IoU@0": ..., "IoU@<clicks>": ...} in [0, 1] (empty: {}). With `per_sample` (a list), each
+    sample's IoU after the clicks is appended to it in order."""
     from formats.datasets.sample_mask import load_sample_mask
 
     curves = [simulate_clicks(predictor, load_image(str(s.image)), load_sample_mask(s), s.expression, clicks)
               for s in samples]
+    if per_sample is not None:
+        per_sample.extend(c[-1] for c in curves)
     if not curves:
         return {}
     return {"IoU@0": float(np.mean([c[0] for c in curves])), f"IoU@{clicks}": float(np.mean([c[-1] for c in curves]))}

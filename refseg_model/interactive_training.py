@@ -13,25 +13,47 @@ import torch
 from .interactive import INITIAL_KINDS, boxes_of, next_clicks, random_points_in
 from .modeling.refseg import BOX_BR_LABEL, BOX_TL_LABEL, NEG_LABEL, PAD_LABEL, POS_LABEL, TextPrompts
 
+GEOMETRY_KINDS = ("click", "box")  # the initial prompts of a row without an expression (SAM's click tool)
 
-def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int) -> Optional[dict]:
-    """Which rows of this step's batch train interactively, and how: the last round(frac * batch) rows, each
-    with an initial prompt kind (`interactive.INITIAL_KINDS`: text, click, box, text + click, wrong text +
-    click), 1-3 corrective clicks for the whole batch.
+
+def rows_without_text_last(tensors, exprs: List[str], world: int = 1):
+    """A batch whose rows without an expression (clicks-only annotations) are moved last, where
+    `interactive_plan(..., no_text)` trains them from a click or a box alone.
+
+    tensors: a tuple of B x ... tensors in row order; exprs: B strings. Returns (tensors, exprs, text_rows),
+    text_rows B bool (None when every row has an expression: nothing moves)."""
+    if all(exprs):
+        return tensors, exprs, None
+    if world > 1:  # the region-text loss gathers equal-sized row sets across processes
+        raise ValueError("samples without an expression train in a single process only (not under torchrun)")
+    order = sorted(range(len(exprs)), key=lambda i: not exprs[i])
+    idx = torch.tensor(order, device=tensors[0].device)
+    exprs = [exprs[i] for i in order]
+    return tuple(t[idx] for t in tensors), exprs, torch.tensor([bool(e) for e in exprs], device=idx.device)
+
+
+def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int, no_text: int = 0) -> Optional[dict]:
+    """Which rows of this step's batch train interactively, and how: the last max(round(frac * batch), no_text)
+    rows, each with an initial prompt kind (`interactive.INITIAL_KINDS`: text, click, box, text + click, wrong
+    text + click), 1-3 corrective clicks for the whole batch. The last `no_text` rows have no expression (the
+    caller puts them last): they always train interactively, from a click or a box.
 
     Drawn from a generator seeded by (run seed, rank, step) alone, so that a resumed run draws exactly what an
     uninterrupted one did. The plan carries that generator's seed for the in-step sampling (first clicks inside
     the target, box jitter) too.
     """
-    k = int(round(frac * batch))
+    k = max(int(round(frac * batch)), int(no_text))
     if k <= 0:
         return None
     g_seed = (int(seed) * 1_000_003 + int(rank) * 7919 + int(step)) % (2 ** 63)
     g = torch.Generator().manual_seed(g_seed)
-    kinds = torch.randint(len(INITIAL_KINDS), (k,), generator=g).tolist()
+    kinds = [INITIAL_KINDS[i] for i in torch.randint(len(INITIAL_KINDS), (k,), generator=g).tolist()]
     corrections = int(torch.randint(1, 4, (1,), generator=g))
-    return {"rows": k, "kinds": [INITIAL_KINDS[i] for i in kinds], "corrections": corrections,
-            "seed": int(torch.randint(2 ** 62, (1,), generator=g))}
+    plan_seed = int(torch.randint(2 ** 62, (1,), generator=g))
+    if no_text:  # drawn after the rest, so that a batch with expressions only draws what it always did
+        geometry = torch.randint(len(GEOMETRY_KINDS), (int(no_text),), generator=g).tolist()
+        kinds[k - int(no_text):] = [GEOMETRY_KINDS[i] for i in geometry]
+    return {"rows": k, "kinds": kinds, "corrections": corrections, "seed": plan_seed}
 
 
 def _with_wrong_text(model, emb, input_ids, attention_mask, text: TextPrompts, wrong: torch.Tensor) -> TextPrompts:

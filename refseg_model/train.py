@@ -35,7 +35,7 @@ from .curves import plot_history
 from .data.sources import FileSource, SynthSource, load_data_state, save_data_state, synth_val_samples
 from .device import setup_training_device
 from .evaluate import quick_eval
-from .interactive_training import interactive_forward, interactive_plan
+from .interactive_training import interactive_forward, interactive_plan, rows_without_text_last
 from .modeling.loss import interactive_pass_loss, refseg_loss
 from .recipes import apply_loss_weights
 from .schedule import lr_factor, make_optimizer
@@ -136,12 +136,13 @@ class _TrainStep(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, input_ids, attention_mask, target, valid, interactive: Optional[dict] = None):
+    def forward(self, images, input_ids, attention_mask, target, valid, interactive: Optional[dict] = None,
+                text_rows: Optional[torch.Tensor] = None):
         if not interactive:
             out = self.model(images, input_ids, attention_mask)
         else:
             out = interactive_forward(self.model, images, input_ids, attention_mask, target, valid, **interactive)
-        parts = refseg_loss(self.model, out, target, valid, self.model.cfg.loss)
+        parts = refseg_loss(self.model, out, target, valid, self.model.cfg.loss, text_rows)
         if out.interactive_passes:
             extra = interactive_pass_loss(out.interactive_passes, target, valid, self.model.cfg.loss)
             parts["passes"] = extra
@@ -259,9 +260,12 @@ def _data(cfg: TrainConfig, size: int, rank: int, world: int):
     train_samples = load_samples(cfg.data, "train")
     if not train_samples:
         raise ValueError(f"{cfg.data}: no samples in the train split")
-    val_samples = load_samples(cfg.data, "val")[: cfg.max_val]
+    # validation scores text answers: samples without an expression (clicks-only annotations) cannot be scored
+    val_all = load_samples(cfg.data, "val")
+    val_samples = [s for s in val_all if s.expression][: cfg.max_val]
     if rank == 0 and not val_samples and cfg.max_val != 0:
-        print(f"{cfg.data}: no val split: no checkpoint selection, the latest checkpoint is kept", flush=True)
+        why = "no val split" if not val_all else "no val sample has an expression"
+        print(f"{cfg.data}: {why}: no checkpoint selection, the latest checkpoint is kept", flush=True)
     src = FileSource(train_samples, size, cfg.augment, cfg.seed, rank, world)
     val = []
     if rank == 0:
@@ -321,10 +325,12 @@ def _optimisation_step(run: _Run, step_fn: torch.nn.Module, autocast, step: int)
                                      cfg.cosine_period_frac)
     images, target, valid, exprs = collate(run.src.batch(cfg.batch_size, step, run.total), run.model.image_size,
                                            run.device)
+    (images, target, valid), exprs, text_rows = rows_without_text_last((images, target, valid), exprs, run.world)
     tok = run.model.encoder.tokenize(exprs, run.device)
-    plan = interactive_plan(images.shape[0], cfg.interactive_frac, cfg.seed, run.rank, step)
+    no_text = 0 if text_rows is None else int((~text_rows).sum())
+    plan = interactive_plan(images.shape[0], cfg.interactive_frac, cfg.seed, run.rank, step, no_text)
     with autocast:
-        parts = step_fn(images, tok["input_ids"], tok["attention_mask"], target, valid, plan)
+        parts = step_fn(images, tok["input_ids"], tok["attention_mask"], target, valid, plan, text_rows)
     opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
     if cfg.grad_clip:

@@ -6,7 +6,12 @@ import torch
 
 from refseg_model.checkpoint import load_model
 from refseg_model.interactive import boxes_of, depth, iou, next_clicks, random_points_in
-from refseg_model.interactive_training import interactive_forward, interactive_plan
+from refseg_model.interactive_training import (
+    GEOMETRY_KINDS,
+    interactive_forward,
+    interactive_plan,
+    rows_without_text_last,
+)
 
 torch.set_num_threads(1)
 
@@ -66,6 +71,52 @@ def test_plan_is_a_function_of_seed_rank_step():
     plans = [interactive_plan(8, 1.0, 0, 0, s) for s in range(20)]
     assert {k for p in plans for k in p["kinds"]} == {"text", "click", "box", "text+click", "wrong-text+click"}
     assert {p["corrections"] for p in plans} == {1, 2, 3}
+
+
+def test_rows_without_an_expression_always_train_from_a_click_or_a_box():
+    """Clicks-only annotations (expression "") go last in the batch and are always interactive, from a click or
+    a box; a batch with expressions only draws exactly the plan it always did."""
+    base = interactive_plan(8, 0.5, seed=0, rank=0, step=3)
+    assert interactive_plan(8, 0.5, 0, 0, 3, no_text=0) == base
+    one = interactive_plan(8, 0.5, 0, 0, 3, no_text=1)
+    assert one["rows"] == 4 and one["kinds"][:3] == base["kinds"][:3] and one["kinds"][3] in GEOMETRY_KINDS
+    assert (one["corrections"], one["seed"]) == (base["corrections"], base["seed"])
+    many = [interactive_plan(8, 0.25, 0, 0, s, no_text=5) for s in range(20)]
+    assert {p["rows"] for p in many} == {5}  # more than round(0.25 * 8): every row without text
+    assert {k for p in many for k in p["kinds"]} == set(GEOMETRY_KINDS)
+    assert interactive_plan(4, 0.0, 0, 0, 1, no_text=2)["rows"] == 2  # even with --interactive-frac 0
+
+    rows = torch.arange(4.0).reshape(4, 1)
+    (moved,), exprs, text_rows = rows_without_text_last((rows,), ["a", "", "c", ""])
+    assert moved.flatten().tolist() == [0.0, 2.0, 1.0, 3.0] and exprs == ["a", "c", "", ""]
+    assert text_rows.tolist() == [True, True, False, False]
+    assert rows_without_text_last((rows,), ["a", "b", "c", "d"])[2] is None
+    with pytest.raises(ValueError, match="single process"):
+        rows_without_text_last((rows,), ["a", ""], world=2)
+
+
+def test_the_text_paths_losses_skip_rows_without_an_expression():
+    """orthogonality, region-text contrastive and dense-prompt losses see only the rows with an expression."""
+    from dataclasses import replace
+
+    from refseg_model.modeling.loss import refseg_loss
+
+    model, images, target, valid, tok = _training_batch("tiny")
+    out = model(images, tok["input_ids"], tok["attention_mask"])
+    weights = replace(model.cfg.loss, orthogonality=1.0, contrastive=1.0, dense=1.0)
+    keep = torch.tensor([True, False, True, True])
+    part = refseg_loss(model, out, target, valid, weights, keep)
+    rows = keep.nonzero().squeeze(1)
+    sub = replace(out, mask_logits=out.mask_logits[rows], dense_logits=out.dense_logits[rows], q1=out.q1[rows],
+                  q2=out.q2[rows], clip_tokens=out.clip_tokens[rows])
+    only = refseg_loss(model, sub, target[rows], valid[rows], weights)
+    full = refseg_loss(model, out, target, valid, weights)
+    for k in ("orth", "contrast", "dense"):
+        assert torch.allclose(part[k], only[k]), k
+        assert not torch.allclose(part[k], full[k]), k  # the row without text would have counted
+    assert torch.allclose(part["bce"], full["bce"])  # the mask itself is supervised on every row
+    none = refseg_loss(model, out, target, valid, weights, torch.zeros(4, dtype=torch.bool))
+    assert [float(none[k].detach()) for k in ("orth", "contrast", "dense")] == [0.0, 0.0, 0.0]
 
 
 def _training_batch(spec):

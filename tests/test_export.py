@@ -240,3 +240,26 @@ def test_skipped_tasks_are_summarised_by_kind(tmp_path):
     assert summary == {"no referring expression": "2", "image unreadable": "1", "empty mask": "1",
                        "mask size differs from the image": "1", "not annotated": "1"}
     assert skip_summary(skipped).startswith("2 no referring expression") and skip_summary([]) == ""
+
+
+def test_clicks_only_masks_are_samples_for_finetuning_only():
+    """A label config without Text/TextArea: with allow_clicks_only (the fine-tune) each mask is a sample with
+    expression "", for the click path; exports and text configs still need an expression."""
+    from labelstudio.labelconfig import parse_label_config
+    from labelstudio.samples import has_expression_source, task_sample
+
+    brush = '<BrushLabels name="mask" toName="image"><Label value="t"/></BrushLabels>'
+    clicks = parse_label_config('<View><Image name="image" value="$image"/><KeyPointLabels name="k" toName="image" '
+                                f'smart="true"><Label value="o"/></KeyPointLabels>{brush}</View>')
+    text = parse_label_config(f'<View><Image name="image" value="$image"/><Text name="e" value="$expression"/>{brush}'
+                              '</View>')
+    assert not has_expression_source(clicks) and has_expression_source(text)
+    mask = np.zeros((8, 8), bool)
+    mask[1:4, 2:6] = True
+    task = {"id": 1, "data": {"image": "/img/1.png"},
+            "annotations": [{"id": 10, "was_cancelled": False,
+                             "result": [brush_region(mask, from_name="mask", to_name="image", label="t")]}]}
+    sample, _ = task_sample(clicks, task, allow_clicks_only=True)
+    assert sample[1] == "" and np.array_equal(sample[0], mask)
+    no_text = (None, "no referring expression (TextArea text or task data)")
+    assert task_sample(clicks, task) == no_text and task_sample(text, task, allow_clicks_only=True) == no_text

@@ -316,3 +316,26 @@ def test_a_text_only_finetune_of_a_click_trained_checkpoint_says_how_to_keep_the
     assert "was trained with simulated clicks (interactive_frac 0.5)" in out and "--interactive-frac 0.5" in out
     train(TrainConfig(out=str(tmp_path / "both"), init=str(tmp_path / "clicks"), interactive_frac=0.25, **common))
     assert "note:" not in capsys.readouterr().out
+
+
+def test_samples_without_an_expression_train_the_click_path(tmp_path, data_dir, capsys):
+    """Clicks-only annotations (expression "") train even with --interactive-frac 0: from clicks or a box, never
+    as text; validation scores text answers only, so a val split without expressions selects nothing."""
+    import shutil
+
+    d = tmp_path / "clicks-only"
+    shutil.copytree(data_dir, d)
+    lines = (d / "annotations.jsonl").read_text().splitlines()
+    recs = [json.loads(ln) for ln in lines if ln.strip()]
+    for i, r in enumerate(recs):
+        if r["split"] != "train" or i % 2:
+            r["expression"] = ""
+    (d / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "ckpt"
+    result = train(TrainConfig(data=str(d), out=str(out), init="preset:tiny", steps=3, batch_size=4, eval_every=3,
+                               max_val=4, augment=False, progress=False, threads=1, resume=False))
+    assert "no val sample has an expression: no checkpoint selection" in capsys.readouterr().out
+    assert result.steps == 3 and (out / "model.safetensors").is_file()
+    assert all(math.isfinite(v) for h in result.history for k, v in h.items() if k in ("loss", "passes")), \
+        result.history
+    assert "passes" in result.history[-1]  # rows were decoded interactively although interactive_frac is 0

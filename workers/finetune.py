@@ -166,25 +166,34 @@ def _finetune(rt, ref: ProjectRef, job_id: str) -> dict:
         iou_old, iou_new = [], []
         current_model = rt.models.get(current.checkpoint)
         new_model = RefSegPredictor.from_spec(str(candidate), device=resolve_device(rt.models.device))
-        old = evaluate_samples(current_model, held_out, progress=False, per_sample=iou_old)
-        new = evaluate_samples(new_model, held_out, progress=False, per_sample=iou_new)
-        # what annotators who click see: IoU after one simulated corrective click on the expression's answer
-        # (reported; the promotion rule stays text gIoU)
-        click_old = evaluate_clicks(current_model, held_out, clicks=1).get("IoU@1")
-        click_new = evaluate_clicks(new_model, held_out, clicks=1).get("IoU@1")
+        # text answers are scored where there is an expression; every held-out mask also gets one simulated
+        # corrective click (what annotators who click see). A clicks-only project has no text to score: its
+        # versions are compared on the click figure instead.
+        with_text = [x for x in held_out if x.expression]
+        click_iou_old, click_iou_new = [], []
+        click_old = evaluate_clicks(current_model, held_out, clicks=1, per_sample=click_iou_old).get("IoU@1")
+        click_new = evaluate_clicks(new_model, held_out, clicks=1, per_sample=click_iou_new).get("IoU@1")
+        if with_text:
+            old = evaluate_samples(current_model, with_text, progress=False, per_sample=iou_old)
+            new = evaluate_samples(new_model, with_text, progress=False, per_sample=iou_new)
+            score_new, score_old, measure = new["gIoU"], old["gIoU"], "gIoU"
+        else:
+            old = new = {"gIoU": None, "cIoU": None}
+            iou_new, iou_old = click_iou_new, click_iou_old
+            score_new, score_old, measure = click_new, click_old, "IoU after one click (no expressions)"
         report = {"version": version, "parent": current.version, "samples": count, "held_out": len(held_out),
                   "steps": result.steps, "train_seconds": round(result.seconds, 2),
                   "giou_new": new["gIoU"], "giou_current": old["gIoU"],
                   "ciou_new": new["cIoU"], "ciou_current": old["cIoU"],
                   "click_iou_new": click_new, "click_iou_current": click_old, **paired_comparison(iou_new, iou_old)}
         se = report["giou_delta_se"]
-        clicks = ("" if click_new is None or click_old is None
+        clicks = ("" if not with_text or click_new is None or click_old is None
                   else f"; IoU after one click {click_new:.4f} vs {click_old:.4f}")
-        verdict = (f"held-out gIoU {new['gIoU']:.4f} vs {old['gIoU']:.4f} for {current.version} "
+        verdict = (f"held-out {measure} {score_new:.4f} vs {score_old:.4f} for {current.version} "
                    f"({report['giou_delta']:+.4f} ± {'unknown' if se is None else f'{se:.4f}'} s.e.; better on "
                    f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)}{clicks})")
         report["verdict"] = verdict
-        if not new["gIoU"] >= old["gIoU"] - s.finetune_promote_tolerance:  # NaN is worse, never promoted
+        if not score_new >= score_old - s.finetune_promote_tolerance:  # NaN is worse, never promoted
             log.info("project %s: %s not promoted: %s", project, version, verdict)
             tolerance = f", tolerance {s.finetune_promote_tolerance:g}" if s.finetune_promote_tolerance else ""
             return {"status": "rejected", **report, "reason": f"worse than {current.version}{tolerance}: {verdict}"}
@@ -196,7 +205,7 @@ def _finetune(rt, ref: ProjectRef, job_id: str) -> dict:
         shutil.rmtree(train_state_dir(candidate), ignore_errors=True)
         rt.versions.promote(project, version, str(final.resolve()), parent=current.version,
                             metrics={"gIoU": new["gIoU"], "cIoU": new["cIoU"], "gIoU_parent": old["gIoU"],
-                                     "samples": count})
+                                     "click_IoU": click_new, "click_IoU_parent": click_old, "samples": count})
         log.info("project %s: promoted %s: %s", project, version, verdict)
         return {"status": "promoted", **report}
     finally:
@@ -211,7 +220,8 @@ def _write_dataset(rt, cfg: ProjectConfig, ref: ProjectRef, root: Path) -> int:
     `refseg export` takes too), images rendered as predictions see them; held-out tasks are the "test" split."""
     project = ref.id
     records, skipped = write_task_samples(rt.ls.labeled_tasks(project), cfg,
-                                          lambda url, tid: rt.media.image(url, tid, project), root)
+                                          lambda url, tid: rt.media.image(url, tid, project), root,
+                                          allow_clicks_only=True)
     for item in skipped:  # unreadable images and size mismatches are worth a look; unlabelled tasks are not
         level = logging.WARNING if item["reason"].startswith(("image", "mask")) else logging.DEBUG
         log.log(level, "project %s task %s: skipped, %s", project, item["task"], item["reason"])

@@ -3,7 +3,8 @@ plus an optional BCE on the dense similarity prompt (weight 0 in the paper).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from dataclasses import replace
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -68,9 +69,14 @@ def region_text_contrastive(
 
 
 def refseg_loss(
-    model: RefSegModel, out: RefSegOutput, target: torch.Tensor, valid: torch.Tensor, weights: LossConfig
+    model: RefSegModel, out: RefSegOutput, target: torch.Tensor, valid: torch.Tensor, weights: LossConfig,
+    text_rows: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
-    """target, valid: B x 1 x S x S float (padded input frame). Returns the parts and their weighted sum "loss"."""
+    """target, valid: B x 1 x S x S float (padded input frame). Returns the parts and their weighted sum "loss".
+
+    text_rows: B bool, the rows that have an expression (None: all). The text path's own losses (query
+    orthogonality, region-text contrastive, dense prompt) see only those: a row without an expression (a
+    clicks-only annotation, decoded from its clicks) must not teach the text path that "" means its object."""
     logits = out.mask_logits
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
@@ -78,15 +84,27 @@ def refseg_loss(
         "bce": masked_bce(logits, target, valid),
         "dice": dice_loss(logits, target, valid),
     }
-    if weights.orthogonality:
-        parts["orth"] = orthogonality_loss(out.q1, out.q2)
-    if weights.contrastive:
-        parts["contrast"] = region_text_contrastive(model, out, target, model.contrast_scale, model.contrast_bias)
-    if weights.dense:
-        size = out.dense_logits.shape[-2:]
-        t = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
-        v = F.interpolate(valid, size=size, mode="nearest")
-        parts["dense"] = masked_bce(out.dense_logits, (t > 0.5).float(), v)
+    text_out, text_target, text_valid = out, target, valid
+    if text_rows is not None and not bool(text_rows.all()):
+        rows = text_rows.nonzero().squeeze(1)
+        text_out = replace(out, dense_logits=out.dense_logits[rows], q1=out.q1[rows], q2=out.q2[rows],
+                           clip_tokens=out.clip_tokens[rows])
+        text_target, text_valid = target[rows], valid[rows]
+    if text_target.shape[0] == 0:  # no row has an expression: nothing for the text path to learn here
+        zero = out.q1.sum() * 0.0
+        parts.update({k: zero for k, on in (("orth", weights.orthogonality), ("contrast", weights.contrastive),
+                                             ("dense", weights.dense)) if on})
+    else:
+        if weights.orthogonality:
+            parts["orth"] = orthogonality_loss(text_out.q1, text_out.q2)
+        if weights.contrastive:
+            parts["contrast"] = region_text_contrastive(model, text_out, text_target, model.contrast_scale,
+                                                        model.contrast_bias)
+        if weights.dense:
+            size = text_out.dense_logits.shape[-2:]
+            t = F.interpolate(text_target, size=size, mode="bilinear", align_corners=False)
+            v = F.interpolate(text_valid, size=size, mode="nearest")
+            parts["dense"] = masked_bce(text_out.dense_logits, (t > 0.5).float(), v)
     w = {"bce": weights.bce, "dice": weights.dice, "orth": weights.orthogonality,
          "contrast": weights.contrastive, "dense": weights.dense}
     parts["loss"] = sum(w[k] * v for k, v in parts.items())

@@ -199,13 +199,15 @@ def running_redis(directory):
         stop_processes([(proc, None)])
 
 
-def add_annotated_project(fake_ls, project: int, first_id: int, n: int, stamp: int = STAMP, masks=None) -> str:
+def add_annotated_project(fake_ls, project: int, first_id: int, n: int, stamp: int = STAMP, masks=None,
+                          config: str = CONFIG_TEXT) -> str:
     """`n` labeled tasks in the fake Label Studio: synthetic images with one submitted brush annotation each
-    (the scene's bright block, or `masks(task id, image, block mask)` when given). Returns the project as Label
-    Studio sends it ("<id>.<created>")."""
+    (the scene's bright block, or `masks(task id, image, block mask)` when given), in a project with label
+    config `config` (its brush control named "mask"). Returns the project as Label Studio sends it
+    ("<id>.<created>")."""
     from labelstudio.brush import brush_region
 
-    fake_ls.add_project(project, CONFIG_TEXT, iso(stamp))
+    fake_ls.add_project(project, config, iso(stamp))
     for k in range(n):
         tid = first_id + k
         img, mask = scene(tid)

@@ -172,8 +172,9 @@ def test_a_trigger_that_meets_an_undecided_job_is_rechecked_and_trains(gunicorn_
 
 
 def test_a_project_whose_masks_have_no_expression_is_skipped_with_the_reason(gunicorn_url, fake_ls, redis_url):
-    """Annotated tasks without a referring expression (e.g. a clicks-only label config) cannot train the text
-    path: the run is skipped, and its reason counts them by kind instead of only saying "0 usable"."""
+    """A label config that takes the expression from the task (<Text value="$expression">), on tasks that have
+    none: the masks cannot be paired with their text, the run is skipped, and its reason counts them by kind
+    instead of only saying "0 usable"."""
     add_annotated_project(fake_ls, 11, 1100, 3)
     for tid in (1100, 1101, 1102):
         del fake_ls.tasks[tid]["data"]["expression"]
@@ -190,3 +191,24 @@ def test_a_project_whose_masks_have_no_expression_is_skipped_with_the_reason(gun
     st = wait_for(skipped, 120, "project 11's fine-tune to be skipped", 0.3)
     assert "0 usable annotated task(s)" in st["reason"] and "skipped: 3 no referring expression" in st["reason"]
     assert "TextArea" in st["reason"], st["reason"]
+
+
+def test_a_clicks_only_project_finetunes_and_is_judged_on_clicks(gunicorn_url, fake_ls, redis_url):
+    """A label config without Text/TextArea (SAM's click tool beside the brush): its masks train the click path
+    (expression "", from clicks or a box only), and new and current versions are compared on the held-out IoU
+    after one simulated click, since there is no text to score."""
+    from click_configs import CLICKS_ONLY
+
+    add_annotated_project(fake_ls, 12, 1200, 4, config=CLICKS_ONLY)
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = requests.post(gunicorn_url + "/webhook", json={"action": "START_TRAINING", "project": project_obj(12)},
+                      timeout=5)
+    assert r.json()["finetune"] == "enqueued"
+    version = _promoted_version(gunicorn_url, uid(12), "tiny-test")
+    assert version == "tiny-test-p12-ft1"
+    st = stats.finetune_status(state)[project_key(12, fake_ls.url)]
+    assert st["state"] == "promoted" and st["samples"] == 4, st
+    assert st["giou_new"] is None and st["giou_current"] is None  # nothing to score as text
+    assert 0.0 <= st["click_iou_new"] <= 1.0 and 0.0 <= st["click_iou_current"] <= 1.0, st
+    assert st["verdict"].startswith(f"held-out IoU after one click (no expressions) {st['click_iou_new']:.4f} vs "
+                                    f"{st['click_iou_current']:.4f} for tiny-test"), st["verdict"]
