@@ -191,7 +191,7 @@ def _finetune(rt, ref: ProjectRef, job_id: str) -> dict:
                   else f"; IoU after one click {click_new:.4f} vs {click_old:.4f}")
         verdict = (f"held-out {measure} {score_new:.4f} vs {score_old:.4f} for {current.version} "
                    f"({report['giou_delta']:+.4f} ± {'unknown' if se is None else f'{se:.4f}'} s.e.; better on "
-                   f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(held_out)}{clicks})")
+                   f"{report['held_out_better']}, worse on {report['held_out_worse']} of {len(iou_new)}{clicks})")
         report["verdict"] = verdict
         if not score_new >= score_old - s.finetune_promote_tolerance:  # NaN is worse, never promoted
             log.info("project %s: %s not promoted: %s", project, version, verdict)
