@@ -51,6 +51,19 @@ def noc(ious: List[float], threshold: float, max_clicks: int) -> int:
     return max_clicks
 
 
+AREA_BUCKETS = (0, 150, 400, 1500)  # target area in pixels (of the 128 x 128 scene): where NoF@85 comes from
+
+
+def failures_by_area(curves, areas, threshold: float = 0.85) -> Dict[str, List[int]]:
+    """NoF by target area: {"[lo, hi)": [samples that never reach threshold, samples]} over AREA_BUCKETS."""
+    edges = list(AREA_BUCKETS) + [None]
+    out: Dict[str, List[int]] = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        rows = [c for c, a in zip(curves, areas) if a >= lo and (hi is None or a < hi)]
+        out[f"[{lo}, {'inf' if hi is None else hi})"] = [sum(max(c) < threshold for c in rows), len(rows)]
+    return out
+
+
 def summarise(curves, latencies, max_clicks: int) -> dict:
     """IoU-after-k-clicks curves (one per sample) -> NoC@85/90, mean IoU after REPORT_AT clicks, click p50."""
     arr = np.array(curves)
@@ -80,6 +93,7 @@ def run(predictor, samples, max_clicks: int = 20) -> Dict[str, dict]:
             curves.append(simulate_clicks(predictor, image, gt, expr if mode == "text+clicks" else None, max_clicks,
                                    latencies=lat))
         out[mode] = summarise(curves, lat, max_clicks)
+        out[mode]["NoF@85_by_area"] = failures_by_area(curves, [int(np.count_nonzero(gt)) for _, gt, _ in samples])
     return out
 
 
@@ -234,6 +248,9 @@ def main(argv=None) -> int:
     print(f"checkpoint {args.checkpoint} ({predictor.version}), dense {predictor.model.cfg.interactive_dense}, "
           f"{len(samples)} held-out {args.style} samples, {time.time() - t0:.0f} s")
     _table(res, args.max_clicks)
+    for mode in ("text+clicks", "clicks"):
+        print(f"NoF@85 by target area (px: failures / samples), {mode}: "
+              + ", ".join(f"{k} {f}/{n}" for k, (f, n) in res[mode]["NoF@85_by_area"].items()))
     backend = None
     if args.backend:
         if args.dense:

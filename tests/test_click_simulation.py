@@ -200,3 +200,5 @@ def test_annotator_effort_counts_clicks_and_failures():
     assert r["NoC@85"] == (0 + 2 + 3) / 3 and r["NoC@90"] == (0 + 3 + 3) / 3
     assert r["NoF@85"] == 1 and r["NoF@90"] == 1
     assert abs(r["IoU@1"] - (0.9 + 0.5 + 0.3) / 3) < 1e-9 and abs(r["click_ms_p50"] - 20.0) < 1e-9
+    by_area = bench.failures_by_area(curves, [100, 120, 2000])
+    assert by_area["[0, 150)"] == [0, 2] and by_area["[1500, inf)"] == [1, 1] and by_area["[150, 400)"] == [0, 0]
