@@ -51,6 +51,12 @@ def noc(ious: List[float], threshold: float, max_clicks: int) -> int:
     return max_clicks
 
 
+def nof(curves, threshold: float) -> int:
+    """RITM's "number of failures": samples whose curve never reaches `threshold`. Each counts max_clicks in NoC,
+    so NoF says how much of NoC is a plateau rather than slow progress."""
+    return int(sum(max(c) < threshold for c in curves))
+
+
 AREA_BUCKETS = (0, 150, 400, 1500)  # target area in pixels (of the 128 x 128 scene): where NoF@85 comes from
 
 
@@ -60,7 +66,7 @@ def failures_by_area(curves, areas, threshold: float = 0.85) -> Dict[str, List[i
     out: Dict[str, List[int]] = {}
     for lo, hi in zip(edges[:-1], edges[1:]):
         rows = [c for c, a in zip(curves, areas) if a >= lo and (hi is None or a < hi)]
-        out[f"[{lo}, {'inf' if hi is None else hi})"] = [sum(max(c) < threshold for c in rows), len(rows)]
+        out[f"[{lo}, {'inf' if hi is None else hi})"] = [nof(rows, threshold), len(rows)]
     return out
 
 
@@ -71,10 +77,8 @@ def summarise(curves, latencies, max_clicks: int) -> dict:
         "n": len(curves),
         "NoC@85": float(np.mean([noc(c, 0.85, max_clicks) for c in curves])),
         "NoC@90": float(np.mean([noc(c, 0.90, max_clicks) for c in curves])),
-        # NoF (RITM's "number of failures"): samples that never reach the threshold within max_clicks. Each
-        # counts max_clicks in NoC, so NoF says how much of NoC is a plateau rather than slow progress.
-        "NoF@85": int(sum(max(c) < 0.85 for c in curves)),
-        "NoF@90": int(sum(max(c) < 0.90 for c in curves)),
+        "NoF@85": nof(curves, 0.85),
+        "NoF@90": nof(curves, 0.90),
         **{f"IoU@{k}": float(arr[:, k].mean()) for k in REPORT_AT if k <= max_clicks},
         "click_ms_p50": 1000 * statistics.median(latencies) if latencies else None,
         "mean_iou_by_clicks": [float(v) for v in arr.mean(axis=0)],  # k = 0..max_clicks, for the plot
