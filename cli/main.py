@@ -46,7 +46,8 @@ TRAIN_SETTING_FLAGS = {
     "steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
     "weight_decay": "--weight-decay", "warmup_frac": "--warmup", "eval_every": "--eval-every",
     "max_val": "--max-val", "augment": "--augment", "curriculum_frac": "--curriculum", "seed": "--seed",
-    "interactive_frac": "--interactive-frac", "decoder_lr": "--decoder-lr", "select": "--select",
+    "interactive_frac": "--interactive-frac", "max_corrections": "--max-corrections", "decoder_lr": "--decoder-lr",
+    "select": "--select",
 }
 _TRAIN_ARG = {"warmup_frac": "warmup", "curriculum_frac": "curriculum"}  # field -> argparse dest, where they differ
 # an explicit flag that makes recipe settings moot: --steps fixes the length (epochs unused), --eval-every the
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--interactive-frac", type=float, default=None,
                    help="fraction of each batch trained with simulated clicks/boxes (initial prompt text, click, "
                         "box or text + click, then 1-3 corrective clicks); default 0")
+    t.add_argument("--max-corrections", type=int, default=None,
+                   help="with --interactive-frac: corrective clicks per interactive step, 1..N drawn per step; "
+                        "default 3")
     t.add_argument("--select", default=None, choices=["best", "last"],
                    help="checkpoint kept in OUT: best text-only validation gIoU (default) or the last one "
                         "(e.g. for click training, which text-only validation does not measure)")

@@ -32,10 +32,11 @@ def rows_without_text_last(tensors, exprs: List[str], world: int = 1):
     return tuple(t[idx] for t in tensors), exprs, torch.tensor([bool(e) for e in exprs], device=idx.device)
 
 
-def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int, no_text: int = 0) -> Optional[dict]:
+def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int, no_text: int = 0,
+                     max_corrections: int = 3) -> Optional[dict]:
     """Which rows of this step's batch train interactively, and how: the last max(round(frac * batch), no_text)
     rows, each with an initial prompt kind (`interactive.INITIAL_KINDS`: text, click, box, text + click, wrong
-    text + click), 1-3 corrective clicks for the whole batch. The last `no_text` rows have no expression (the
+    text + click), 1 to `max_corrections` corrective clicks for the whole batch. The last `no_text` rows have no expression (the
     caller puts them last): they always train interactively, from a click or a box.
 
     Drawn from a generator seeded by (run seed, rank, step) alone, so that a resumed run draws exactly what an
@@ -48,7 +49,7 @@ def interactive_plan(batch: int, frac: float, seed: int, rank: int, step: int, n
     g_seed = (int(seed) * 1_000_003 + int(rank) * 7919 + int(step)) % (2 ** 63)
     g = torch.Generator().manual_seed(g_seed)
     kinds = [INITIAL_KINDS[i] for i in torch.randint(len(INITIAL_KINDS), (k,), generator=g).tolist()]
-    corrections = int(torch.randint(1, 4, (1,), generator=g))
+    corrections = int(torch.randint(1, max(1, int(max_corrections)) + 1, (1,), generator=g))
     plan_seed = int(torch.randint(2 ** 62, (1,), generator=g))
     if no_text:  # drawn after the rest, so that a batch with expressions only draws what it always did
         geometry = torch.randint(len(GEOMETRY_KINDS), (int(no_text),), generator=g).tolist()

@@ -74,6 +74,7 @@ class TrainConfig:
     # fraction of each batch trained interactively: an initial prompt (text, click, box or text + click), then
     # 1-3 corrective clicks simulated from the current prediction's errors (see `interactive_training.interactive_forward`)
     interactive_frac: float = 0.0
+    max_corrections: int = 3  # corrective clicks per interactive step: 1..max_corrections, drawn per step
     synth_size: int = 0  # synth: scene size; 0 = the model's input size
     seed: int = 0
     device: str = "auto"
@@ -328,7 +329,8 @@ def _optimisation_step(run: _Run, step_fn: torch.nn.Module, autocast, step: int)
     (images, target, valid), exprs, text_rows = rows_without_text_last((images, target, valid), exprs, run.world)
     tok = run.model.encoder.tokenize(exprs, run.device)
     no_text = 0 if text_rows is None else int((~text_rows).sum())
-    plan = interactive_plan(images.shape[0], cfg.interactive_frac, cfg.seed, run.rank, step, no_text)
+    plan = interactive_plan(images.shape[0], cfg.interactive_frac, cfg.seed, run.rank, step, no_text,
+                            cfg.max_corrections)
     with autocast:
         parts = step_fn(images, tok["input_ids"], tok["attention_mask"], target, valid, plan, text_rows)
     opt.zero_grad(set_to_none=True)

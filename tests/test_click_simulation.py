@@ -73,6 +73,14 @@ def test_plan_is_a_function_of_seed_rank_step():
     assert {p["corrections"] for p in plans} == {1, 2, 3}
 
 
+def test_plan_draws_up_to_max_corrections():
+    """`--max-corrections N`: 1..N corrective clicks per step; the default (3) draws what the plan always did."""
+    assert interactive_plan(8, 0.5, 0, 0, 3, max_corrections=3) == interactive_plan(8, 0.5, 0, 0, 3)
+    long = {interactive_plan(8, 1.0, 0, 0, s, max_corrections=8)["corrections"] for s in range(60)}
+    assert long <= set(range(1, 9)) and max(long) > 3 and min(long) == 1
+    assert {interactive_plan(8, 1.0, 0, 0, s, max_corrections=1)["corrections"] for s in range(10)} == {1}
+
+
 def test_rows_without_an_expression_always_train_from_a_click_or_a_box():
     """Clicks-only annotations (expression "") go last in the batch and are always interactive, from a click or
     a box; a batch with expressions only draws exactly the plan it always did."""
@@ -202,3 +210,4 @@ def test_annotator_effort_counts_clicks_and_failures():
     assert abs(r["IoU@1"] - (0.9 + 0.5 + 0.3) / 3) < 1e-9 and abs(r["click_ms_p50"] - 20.0) < 1e-9
     by_area = bench.failures_by_area(curves, [100, 120, 2000])
     assert by_area["[0, 150)"] == [0, 2] and by_area["[1500, inf)"] == [1, 1] and by_area["[150, 400)"] == [0, 0]
+

@@ -96,6 +96,8 @@ def test_without_a_recipe_the_flags_not_given_keep_trainconfigs_defaults(capsys)
         TrainConfig(data="d", out="o", augment=False, lr=1e-3)
     assert TrainConfig(**_kwargs("--data", "d", "--lr", "0", "--decoder-lr", "2e-3", "--select", "last")) == \
         TrainConfig(data="d", out="o", lr=0.0, decoder_lr=2e-3, select="last")
+    assert TrainConfig(**_kwargs("--data", "d", "--interactive-frac", "0.5", "--max-corrections", "8")) == \
+        TrainConfig(data="d", out="o", interactive_frac=0.5, max_corrections=8)
     # the defaults the help names are TrainConfig's
     train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
     helps = {a.dest: a.help or "" for a in train_parser._actions}
