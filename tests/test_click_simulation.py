@@ -211,3 +211,42 @@ def test_annotator_effort_counts_clicks_and_failures():
     by_area = bench.failures_by_area(curves, [100, 120, 2000])
     assert by_area["[0, 150)"] == [0, 2] and by_area["[1500, inf)"] == [1, 1] and by_area["[150, 400)"] == [0, 0]
 
+
+def test_zoom_in_study_without_zoom_is_the_benchmark_protocol():
+    """benchmarks/zoom_in_study.py: with zoom-in off it answers exactly as `simulate_clicks` (so its side-by-side
+    rows differ only by the zoom), and its crop holds the mask and the positive clicks, inside the image."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from refseg_model.data.sources import synth_val_samples
+    from refseg_model.evaluate import simulate_clicks
+    from refseg_model.predictor import RefSegPredictor
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("zoom_in_study", bench_dir / "zoom_in_study.py")
+        study = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(study)
+    finally:
+        sys.path.remove(str(bench_dir))
+
+    mask = np.zeros((128, 128), dtype=bool)
+    mask[120:126, 2:10] = True  # a small object in the bottom-left corner
+    x0, y0, side = study.crop_square(mask, [(12.0, 119.0, True), (60.0, 60.0, False)], expand=1.4, min_crop=40)
+    assert side == 40 and 0 <= x0 <= 2 and x0 + side >= 13 and y0 + side == 128 and y0 <= 119
+    assert study.longest_side(mask) == 8
+
+    predictor = RefSegPredictor.from_spec("demo")
+    samples = synth_val_samples("default", predictor.image_size, 3, seed=20_261_202)
+    for image, gt, expr in samples:
+        for e in (expr, None):
+            plain = study.simulate(predictor, image, gt, e, 3, min_crop=0, expand=1.4, max_object=999)
+            reference = simulate_clicks(predictor, image, gt, e, 3)
+            assert np.allclose(plain, reference, atol=1e-6), (plain, reference)
+    zoomed = [study.simulate(predictor, img, gt, None, 3, min_crop=40, expand=1.4, max_object=999)
+              for img, gt, _ in samples]
+    assert all(len(c) == 4 and all(0.0 <= v <= 1.0 for v in c) for c in zoomed)
