@@ -47,7 +47,7 @@ TRAIN_SETTING_FLAGS = {
     "weight_decay": "--weight-decay", "warmup_frac": "--warmup", "eval_every": "--eval-every",
     "max_val": "--max-val", "augment": "--augment", "curriculum_frac": "--curriculum", "seed": "--seed",
     "interactive_frac": "--interactive-frac", "max_corrections": "--max-corrections", "decoder_lr": "--decoder-lr",
-    "select": "--select",
+    "zoom_frac": "--zoom-frac", "select": "--select",
 }
 _TRAIN_ARG = {"warmup_frac": "warmup", "curriculum_frac": "curriculum"}  # field -> argparse dest, where they differ
 # an explicit flag that makes recipe settings moot: --steps fixes the length (epochs unused), --eval-every the
@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-corrections", type=int, default=None,
                    help="with --interactive-frac: corrective clicks per interactive step, 1..N drawn per step; "
                         "default 3")
+    t.add_argument("--zoom-frac", type=float, default=None,
+                   help="chance that a sample whose target is small (<= 3/16 of the image side) trains as a zoomed "
+                        "crop around it, from clicks or a box alone (what zoom-in clicks ask); single process "
+                        "only; default 0")
     t.add_argument("--select", default=None, choices=["best", "last"],
                    help="checkpoint kept in OUT: best text-only validation gIoU (default) or the last one "
                         "(e.g. for click training, which text-only validation does not measure)")

@@ -75,6 +75,9 @@ class TrainConfig:
     # 1-3 corrective clicks simulated from the current prediction's errors (see `interactive_training.interactive_forward`)
     interactive_frac: float = 0.0
     max_corrections: int = 3  # corrective clicks per interactive step: 1..max_corrections, drawn per step
+    # chance that a sample with a small target trains as a zoomed crop around it, from clicks alone
+    # (`data.augment.random_zoom`: what zoom-in clicks ask of the model)
+    zoom_frac: float = 0.0
     synth_size: int = 0  # synth: scene size; 0 = the model's input size
     seed: int = 0
     device: str = "auto"
@@ -224,7 +227,12 @@ def _prepare(cfg: TrainConfig) -> _Run:
     """Device (and process group), seed, the initial model, the data and the optimizer: a run at step 0."""
     if cfg.select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', not {cfg.select!r}")
+    if not 0.0 <= cfg.zoom_frac <= 1.0:
+        raise ValueError(f"zoom_frac must be in [0, 1], not {cfg.zoom_frac!r}")
     device, rank, world = setup_training_device(cfg.device, cfg.threads)
+    if cfg.zoom_frac and world > 1:  # zoomed crops have no expression: see `rows_without_text_last`
+        raise ValueError("zoom_frac trains zoomed crops without an expression, which trains in a single process "
+                         "only (not under torchrun)")
     torch.manual_seed(cfg.seed + rank)
     model, meta = load_model(cfg.init, device)
     changed = apply_loss_weights(model, cfg.loss_weights)
@@ -251,7 +259,7 @@ def _data(cfg: TrainConfig, size: int, rank: int, world: int):
     None for endless synthetic data)."""
     if cfg.data.startswith(SYNTH_PREFIX):
         style = cfg.data[len(SYNTH_PREFIX):] or "default"
-        src = SynthSource(style, cfg.synth_size or size, cfg.curriculum_frac, cfg.seed, rank)
+        src = SynthSource(style, cfg.synth_size or size, cfg.curriculum_frac, cfg.seed, rank, cfg.zoom_frac)
         n_val = SYNTH_VAL if cfg.max_val is None else cfg.max_val
         val = synth_val_samples(style, cfg.synth_size or size, n_val) if rank == 0 else []
         return src, val, cfg.steps or 10_000, None
@@ -267,7 +275,7 @@ def _data(cfg: TrainConfig, size: int, rank: int, world: int):
     if rank == 0 and not val_samples and cfg.max_val != 0:
         why = "no val split" if not val_all else "no val sample has an expression"
         print(f"{cfg.data}: {why}: no checkpoint selection, the latest checkpoint is kept", flush=True)
-    src = FileSource(train_samples, size, cfg.augment, cfg.seed, rank, world)
+    src = FileSource(train_samples, size, cfg.augment, cfg.seed, rank, world, cfg.zoom_frac)
     val = []
     if rank == 0:
         for s in val_samples:

@@ -146,16 +146,23 @@ def test_interrupted_training_resumes(tmp_path, data_dir, capsys):
     assert json.loads((out / "config.json").read_text())["metadata"]["step"] in (2, 4, 6, 8)
 
 
-@pytest.mark.parametrize("interactive_frac", [0.0, 0.5], ids=["text", "interactive"])
+@pytest.mark.parametrize("interactive_frac,zoom_frac", [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0)],
+                         ids=["text", "interactive", "zoom"])
 def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, data_dir, monkeypatch, capsys,
-                                                                   interactive_frac):
+                                                                   interactive_frac, zoom_frac):
     """Resume restores the data order and the flip generator too: stopping after step 5 and resuming ends with
     exactly the weights of a run that never stopped (2 epochs of shuffled, flipped batches); with simulated
-    clicks as well (their prompts and first clicks are drawn from generators seeded by the run and the step)."""
+    clicks as well (their prompts and first clicks are drawn from generators seeded by the run and the step),
+    and with zoomed crops (drawn from the source's generator)."""
     from refseg_model import train as train_module
 
     common = dict(data=str(data_dir), init="preset:tiny", steps=8, batch_size=4, eval_every=2, max_val=2,
-                  augment=True, progress=False, threads=1, interactive_frac=interactive_frac)
+                  augment=True, progress=False, threads=1, interactive_frac=interactive_frac, zoom_frac=zoom_frac)
+    if zoom_frac:  # this data set's small targets do come as crops without their expression
+        src = train_module.FileSource(load_samples(str(data_dir), "train"), 64, True, 0, 0, 1, zoom_frac)
+        items = src.batch(16, 0, 8)
+        zoomed = [img.shape[0] for img, _, expr in items if not expr]
+        assert zoomed and all(side < 64 for side in zoomed) and len(zoomed) < len(items)
     train(TrainConfig(out=str(tmp_path / "straight"), **common))
 
     real_batch = train_module.FileSource.batch
@@ -339,3 +346,10 @@ def test_samples_without_an_expression_train_the_click_path(tmp_path, data_dir, 
     assert all(math.isfinite(v) for h in result.history for k, v in h.items() if k in ("loss", "passes")), \
         result.history
     assert "passes" in result.history[-1]  # rows were decoded interactively although interactive_frac is 0
+
+
+def test_zoom_frac_outside_0_1_is_refused_before_any_work(tmp_path, data_dir):
+    with pytest.raises(ValueError, match=r"zoom_frac must be in \[0, 1\]"):
+        train(TrainConfig(data=str(data_dir), out=str(tmp_path / "z"), init="preset:tiny", steps=1, zoom_frac=1.5,
+                          progress=False, threads=1))
+    assert not (tmp_path / "z").exists()

@@ -5,12 +5,15 @@ north/south. "over" and "under" are left alone: in aerial text they are about he
 bridge over the river", "the cars under the trees"), not a direction in the image plane, so no flip changes them.
 Colour words are never touched, so no colour augmentation beyond mild brightness is applied.
 
+`random_zoom` (`refseg train --zoom-frac`) trains what zoom-in clicks ask of the model: a small target seen on an
+upsampled crop around it, answered from clicks alone (benchmarks/zoom_in_study.py).
+
 The paper's recipe (`refseg train --recipe rsrefseg2`) trains without any augmentation.
 """
 from __future__ import annotations
 
 import re
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -45,3 +48,35 @@ def random_flip(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.ra
         image, mask = image[::-1], mask[::-1]
         expression = flip_expression(expression, horizontal=False)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask), expression
+
+
+# Zoom-in (RITM's ZoomIn) answers later clicks on a small object from a crop around it; as fractions of the image's
+# longer side, so that they mean the same on every image size: at a 128 px frame, objects up to 24 px (6 x 6 of
+# the 32 x 32 embedding tokens), crops of at least 40 px (the settings benchmarks/zoom_in_study.py measured).
+ZOOM_MAX_OBJECT = 24 / 128
+ZOOM_MIN_CROP = 40 / 128
+ZOOM_EXPAND = (1.2, 2.0)  # crop side / the target's longer side, drawn uniformly
+
+
+def random_zoom(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.random.Generator, frac: float
+                ) -> Tuple[np.ndarray, np.ndarray, str]:
+    """With chance `frac`, a sample whose target is small (longer box side at most `ZOOM_MAX_OBJECT` of the
+    image's longer side) becomes a square crop that holds the whole target: side `ZOOM_EXPAND` x the target's,
+    at least `ZOOM_MIN_CROP`, at a random offset. The expression is dropped: it describes the whole scene, and a
+    zoomed click is answered without it. Other samples come back unchanged, and with `frac` 0 or a target too
+    large nothing is drawn from `rng` (the stream of a run without zoom stays what it was)."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    if frac <= 0 or not len(xs):
+        return image, mask, expression
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    target_side = max(x1 - x0 + 1, y1 - y0 + 1)
+    if target_side > ZOOM_MAX_OBJECT * max(h, w) or rng.random() >= frac:
+        return image, mask, expression
+    side = int(round(max(target_side * rng.uniform(*ZOOM_EXPAND), ZOOM_MIN_CROP * max(h, w))))
+    side = min(side, h, w)
+    # any offset that keeps the target inside the crop and the crop inside the image
+    cx = int(rng.integers(max(0, x1 + 1 - side), min(x0, w - side) + 1))
+    cy = int(rng.integers(max(0, y1 + 1 - side), min(y0, h - side) + 1))
+    crop = (slice(cy, cy + side), slice(cx, cx + side))
+    return np.ascontiguousarray(image[crop]), np.ascontiguousarray(mask[crop]), ""

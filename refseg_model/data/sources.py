@@ -19,16 +19,17 @@ import torch
 from formats.datasets.sample import Sample
 from formats.images import load_image
 
-from .augment import random_flip
+from .augment import random_flip, random_zoom
 
 
 class FileSource:
     """Batches from samples on disk; each rank reads its own shard of every epoch's permutation."""
 
-    def __init__(self, samples: Sequence[Sample], size: int, augment: bool, seed: int, rank: int, world: int):
+    def __init__(self, samples: Sequence[Sample], size: int, augment: bool, seed: int, rank: int, world: int,
+                 zoom_frac: float = 0.0):
         if not samples:
             raise ValueError("no training samples")
-        self.samples, self.size, self.augment = list(samples), size, augment
+        self.samples, self.size, self.augment, self.zoom_frac = list(samples), size, augment, zoom_frac
         self.rng = np.random.default_rng(seed + 1000 * rank)
         self.perm_rng = np.random.default_rng(seed)  # same permutation on every rank
         self.rank, self.world = rank, world
@@ -57,7 +58,7 @@ class FileSource:
             mask, expr = load_sample_mask(s, image_shape=image.shape), s.expression  # refuses a mask of another size
             if self.augment:
                 image, mask, expr = random_flip(image, mask, expr, self.rng)
-            items.append((image, mask, expr))
+            items.append(random_zoom(image, mask, expr, self.rng, self.zoom_frac))
         return items
 
     def state_dict(self) -> dict:
@@ -74,11 +75,11 @@ class FileSource:
 class SynthSource:
     """Endless generated scenes; difficulty ramps 0 -> 1 over the first `curriculum_frac` of training."""
 
-    def __init__(self, style: str, size: int, curriculum_frac: float, seed: int, rank: int):
+    def __init__(self, style: str, size: int, curriculum_frac: float, seed: int, rank: int, zoom_frac: float = 0.0):
         from .synth import SceneGenerator
 
         self.gen = SceneGenerator(size=size, style=style, seed=seed * 7919 + rank + 1)
-        self.curriculum_frac = curriculum_frac
+        self.curriculum_frac, self.zoom_frac = curriculum_frac, zoom_frac
         self.rng = np.random.default_rng(seed + 17 * rank)
 
     def difficulty(self, step: int, total: int) -> float:
@@ -92,7 +93,8 @@ class SynthSource:
             # one expression per scene per batch keeps the in-batch contrastive negatives meaningful
             scene = self.gen.scene(difficulty=self.difficulty(step, total), max_expressions=1)
             for s in scene.samples[:1]:
-                items.append(random_flip(scene.image, s.mask, s.expression, self.rng))
+                items.append(random_zoom(*random_flip(scene.image, s.mask, s.expression, self.rng), self.rng,
+                                         self.zoom_frac))
         return items
 
     def state_dict(self) -> dict:
