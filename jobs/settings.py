@@ -47,6 +47,13 @@ def _bool(env, name: str, default: bool) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
+def _choice(env, name: str, default: str, choices: Tuple[str, ...]) -> str:
+    raw = _env(env, name, default=default).lower()
+    if raw not in choices:
+        raise ValueError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
+
+
 def _csv(value, default: str) -> str:
     """A JSON value given as a list ([4, 3, 2]) or a string ("4,3,2") -> "4,3,2"; empty -> `default`."""
     if isinstance(value, list):
@@ -115,6 +122,9 @@ class Settings:
     verify_ssl: bool = True
     log_level: str = "INFO"
     model_cache_size: int = 2  # models (versions) a worker keeps loaded at once
+    # later clicks on a small object answered on a crop around it (refseg_model.zoom_in): "auto" (on for a
+    # checkpoint trained for it, `refseg train --zoom-frac`), "on", "off"
+    click_zoom: str = "auto"
     # fine-tuning
     finetune_steps: int = 200
     finetune_batch_size: int = 4
@@ -166,6 +176,7 @@ class Settings:
             verify_ssl=_bool(env, "VERIFY_SSL", True),
             log_level=_env(env, "LOG_LEVEL", default=cls.log_level).upper(),
             model_cache_size=max(1, _int(env, "MODEL_CACHE_SIZE", cls.model_cache_size)),
+            click_zoom=_choice(env, "CLICK_ZOOM", cls.click_zoom, ("auto", "on", "off")),
             finetune_steps=max(1, _int(env, "FINETUNE_STEPS", cls.finetune_steps)),
             finetune_batch_size=max(1, _int(env, "FINETUNE_BATCH_SIZE", cls.finetune_batch_size)),
             finetune_lr=_float(env, "FINETUNE_LR", cls.finetune_lr),

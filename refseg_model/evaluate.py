@@ -49,22 +49,27 @@ def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarra
                     max_clicks: int, stop_at: float = 1.01, latencies: Optional[List[float]] = None) -> List[float]:
     """IoU after 0..max_clicks simulated corrective clicks on one sample (RITM / SAM NoC protocol): after each
     answer a click at the point deepest inside the larger error region (missed target -> positive, false area
-    -> negative; `interactive.next_clicks`); every request carries all clicks so far and the previous answer's
-    low-res logits as mask input (as the workers' `predict_sequence` does). With an expression the first
-    answer is the text's (IoU@0); without one (a SAM click tool) there is no mask before the first click (0).
+    -> negative; `interactive.next_clicks`); every request carries all clicks so far and goes through
+    `predict_sequence`, as the workers' requests do (the previous answer as mask input; zoom-in where the
+    predictor has it on). With an expression the first answer is the text's (IoU@0); without one (a SAM click
+    tool) there is no mask before the first click (0).
 
     gt H x W bool (the image's size). Stops early once IoU >= stop_at (the rest repeats the last IoU);
     `latencies` gets each click's seconds."""
     import time
 
     from .interactive import next_clicks
+    from .predictor import Answer, AnswerMemory
 
     target = torch.from_numpy(np.asarray(gt, dtype=bool))[None]
+    memory = AnswerMemory(max_clicks + 2)  # this sample's answers only
+    key, _ = predictor.embed(image)
     if expression:
-        p = predictor.predict_prompts(image, expression)
-        pred, low_res = p.mask, p.low_res  # the first click gets the text's answer as its previous mask
+        p = predictor.predict_prompts(image, expression, key=key)
+        memory.put(memory.key(key, expression, [], None), Answer(p.low_res))  # the first click's previous mask
+        pred = p.mask
     else:
-        pred, low_res = np.zeros_like(gt, dtype=bool), None
+        pred = np.zeros_like(gt, dtype=bool)
     ious = [sample_iou(pred, gt) if expression else 0.0]
     points: List[tuple] = []
     for _ in range(max_clicks):
@@ -74,10 +79,9 @@ def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarra
         xy, positive, _ = next_clicks(torch.from_numpy(pred)[None], target)
         points.append((float(xy[0, 0]), float(xy[0, 1]), bool(positive[0])))  # pixel index, as in training
         t0 = time.perf_counter()
-        [p] = predictor.predict(image, expression or None, points=list(points), mask_input=low_res)
+        pred = predictor.predict_sequence(image, expression or None, points, None, memory, key).mask
         if latencies is not None:
             latencies.append(time.perf_counter() - t0)
-        pred, low_res = p.mask, p.low_res
         ious.append(sample_iou(pred, gt))
     return ious
 

@@ -19,6 +19,10 @@ Interactive (clicks / a box, with or without an expression), in ORIGINAL image p
 The text tower + prompter output is cached per (image, expression) next to the image embedding, so a click on
 a cached image costs SAM's prompt encoder + mask decoder only. `Prediction.low_res` (1 x 1 x M x M logits) is
 what the next click passes back as `mask_input`.
+
+`predict_sequence` takes requests that carry all clicks so far (as Label Studio sends them) and finds the
+previous answer itself; with `zoom` (a `zoom_in.ZoomIn`), a later click on a small object is answered on a crop
+around it (see `zoom_in`).
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ import torch
 
 from .device import resolve_device  # noqa: F401  (re-exported: the predictor's callers resolve DEVICE with it)
 from .modeling.refseg import ImageEmbedding, RefSegModel, TextPrompts, geometry_tensors
-from .transforms import image_to_frame, logits_to_original, point_to_frame
+from .transforms import image_to_frame, logits_to_frame, logits_to_original, point_to_frame
+from .zoom_in import ZoomIn
 
 Point = Tuple[float, float, bool]  # (x, y, positive) in original image pixels
 Box = Tuple[float, float, float, float]  # (x0, y0, x1, y1) in original image pixels
@@ -102,6 +107,10 @@ class LRUCache:
         with self._lock:
             self._items.clear()
 
+    def keys(self) -> list:
+        with self._lock:
+            return list(self._items)
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -113,11 +122,21 @@ class EmbeddingCache(LRUCache):
         super().__init__(capacity)
 
 
+@dataclass
+class Answer:
+    """An interactive answer as the next click needs it: `low_res` (1 x 1 x M x M logits over the S x S frame,
+    CPU), and for a zoomed answer the crop (x0, y0, side in image pixels) with its own low-res logits over the
+    crop, which keep the detail that `low_res` is too coarse for on a large image."""
+
+    low_res: torch.Tensor
+    crop: Optional[Tuple[Tuple[int, int, int], torch.Tensor]] = None
+
+
 class AnswerMemory(LRUCache):
-    """Low-res logits (1 x 1 x M x M, CPU) of recent interactive answers, LRU, keyed by (image key, expression,
-    clicks, box): lets a request that carries all clicks so far find the answer to its prefix (the same clicks
-    minus the last) and pass it back as the dense prompt, as SAM / RITM do. M x M floats each (64 KiB for the
-    demo model, 256 KiB for SAM at 1024 px)."""
+    """`Answer`s of recent interactive requests, LRU, keyed by (image key, expression, clicks, box): lets a
+    request that carries all clicks so far find the answer to its prefix (the same clicks minus the last) and
+    pass it back as the dense prompt, as SAM / RITM do. M x M floats each, twice for a zoomed answer (64 KiB for
+    the demo model, 256 KiB for SAM at 1024 px)."""
 
     def __init__(self, capacity: int = 128) -> None:
         super().__init__(capacity)
@@ -150,8 +169,9 @@ def confidence(logits: torch.Tensor) -> float:
 
 class RefSegPredictor:
     def __init__(self, model: RefSegModel, device: Union[str, torch.device] = "cpu", cache_size: int = 32,
-                 version: str = "unknown") -> None:
+                 version: str = "unknown", zoom: Optional[ZoomIn] = None) -> None:
         self.device = torch.device(device)
+        self.zoom = zoom  # later clicks on small objects answered on a crop (predict_sequence); None: never
         self.model = model.to(self.device).eval()
         self.cache = EmbeddingCache(cache_size)
         self.version = version
@@ -162,11 +182,19 @@ class RefSegPredictor:
         self.prompt_misses = 0
 
     @classmethod
-    def from_spec(cls, spec: str = "demo", device: Union[str, torch.device] = "cpu", cache_size: int = 32):
+    def from_spec(cls, spec: str = "demo", device: Union[str, torch.device] = "cpu", cache_size: int = 32,
+                  zoom: str = "auto"):
+        """zoom: "on", "off", or "auto": on for a checkpoint trained for it (`refseg train --zoom-frac`, recorded
+        as `zoom_in` in its metadata and passed on to its fine-tunes)."""
         from .checkpoint import load_model
 
+        if zoom not in ("auto", "on", "off"):
+            raise ValueError(f"zoom must be auto, on or off, not {zoom!r}")
         model, meta = load_model(spec, device)
-        return cls(model, device=device, cache_size=cache_size, version=str(meta.get("version", spec)))
+        trained = bool((meta.get("metadata") or {}).get("zoom_in"))
+        use = zoom == "on" or (zoom == "auto" and trained)
+        return cls(model, device=device, cache_size=cache_size, version=str(meta.get("version", spec)),
+                   zoom=ZoomIn() if use else None)
 
     @property
     def image_size(self) -> int:
@@ -278,9 +306,12 @@ class RefSegPredictor:
         looked up in `memory` and passed as `mask_input`; the answer is remembered for the next click. A missing
         prefix (another worker answered it, or it was evicted) only means no previous mask; the text-only
         prefix is cheap (decoder only, text cached) and computed when missing. `memory` defaults to the
-        predictor's own (`answers`), so a new model version never sees an older version's answers."""
+        predictor's own (`answers`), so a new model version never sees an older version's answers.
+
+        With `self.zoom`, from the second click on (no box), while the previous answer is small: the answer comes
+        from a crop around it (`_zoomed`)."""
         memory = self.answers if memory is None else memory
-        key, _ = self.embed(image, key)
+        key, item = self.embed(image, key)
         points = list(points or [])
         if points:
             prefix = (points[:-1], box)
@@ -288,15 +319,55 @@ class RefSegPredictor:
             prefix = ([], None)
         else:
             prefix = None
-        prev = None
+        prev: Optional[Answer] = None
         if prefix is not None:
             prev = memory.get(memory.key(key, expression, *prefix))
             if prev is None and not prefix[0] and prefix[1] is None and expression:
-                prev = self.predict_prompts(image, expression, key=key).low_res
+                prev = Answer(self.predict_prompts(image, expression, key=key).low_res)
                 memory.put(memory.key(key, expression, [], None), prev)
-        pred = self.predict_prompts(image, expression, points, box, prev, key)
-        memory.put(memory.key(key, expression, points, box), pred.low_res)
+        crop = None
+        if self.zoom is not None and prev is not None and len(points) >= 2 and box is None:
+            prev_logits = self._answer_logits(item, prev)
+            crop = self.zoom.crop((prev_logits > self.threshold).numpy(), points)
+        if crop is None:
+            pred = self.predict_prompts(image, expression, points, box, None if prev is None else prev.low_res, key)
+            answer = Answer(pred.low_res)
+        else:
+            pred, answer = self._zoomed(image, key, item, prev, prev_logits, crop, points)
+        memory.put(memory.key(key, expression, points, box), answer)
         return pred
+
+    def _answer_logits(self, item: CachedImage, answer: Answer) -> torch.Tensor:
+        """An answer's logits at the image's size (H x W, CPU), the crop's own where it was zoomed."""
+        # a copy: without resizing, logits_to_original returns a view of the remembered low_res
+        logits = logits_to_original(answer.low_res, self.image_size, item.resized, item.original)[0].clone()
+        if answer.crop is not None:
+            (x0, y0, side), low = answer.crop
+            logits[y0:y0 + side, x0:x0 + side] = logits_to_original(low, self.image_size, (self.image_size,) * 2,
+                                                                    (side, side))[0]
+        return logits
+
+    def _zoomed(self, image: np.ndarray, key: str, item: CachedImage, prev: Answer, prev_logits: torch.Tensor,
+                crop: Tuple[int, int, int], points: Sequence[Point]) -> Tuple[Prediction, Answer]:
+        """Answer on the square crop (x0, y0, side) of `image`: its clicks (shifted into it; the crop holds the
+        previous mask and every positive click) and the previous logits cropped as mask input, no expression.
+        The crop's logits replace the previous answer's inside it. The crop's embedding is cached under the
+        image's key and the crop, so further clicks in the same crop run the decoder only."""
+        x0, y0, side = crop
+        inside = [(x - x0, y - y0, pos) for x, y, pos in points if x0 <= x < x0 + side and y0 <= y < y0 + side]
+        _, citem = self.embed(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), f"{key}@{x0},{y0},{side}")
+        m = self.model.sam.mask_input_size
+        mask_input = torch.nn.functional.interpolate(prev_logits[y0:y0 + side, x0:x0 + side][None, None],
+                                                     size=(m, m), mode="bilinear", align_corners=False)
+        with self._lock:
+            p = self._decode_interactive(citem, None, inside, None, mask_input)
+        logits = prev_logits.clone()
+        logits[y0:y0 + side, x0:x0 + side] = logits_to_original(p.low_res, self.image_size, citem.resized,
+                                                                (side, side))[0]
+        low_res = logits_to_frame(logits, self.image_size, item.resized, m, prev.low_res)
+        pred = Prediction(mask=(logits > self.threshold).numpy(), score=confidence(logits), iou_pred=p.iou_pred,
+                          low_res=low_res)
+        return pred, Answer(low_res, ((x0, y0, side), p.low_res))
 
     def predict(
         self,

@@ -177,6 +177,9 @@ class _Run:
     best: Dict[str, float] = field(default_factory=dict)
     history: List[Dict[str, float]] = field(default_factory=list)
     running: Dict[str, float] = field(default_factory=dict)  # EMA of the loss terms
+    # recorded in the checkpoint: trained for zoom-in clicks (this run's --zoom-frac, or its init's), which
+    # `RefSegPredictor.from_spec(zoom="auto")` turns on
+    zoom_in: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -251,7 +254,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
     src, val, total, steps_per_epoch = _data(cfg, model.image_size, rank, world)
     params, opt = make_optimizer(model, cfg.lr, cfg.decoder_lr, cfg.weight_decay)
     return _Run(cfg, device, rank, world, model, base_version, version, src, val, total, steps_per_epoch, params,
-                opt)
+                opt, zoom_in=bool(cfg.zoom_frac or (meta.get("metadata") or {}).get("zoom_in")))
 
 
 def _data(cfg: TrainConfig, size: int, rank: int, world: int):
@@ -368,7 +371,7 @@ def _evaluate_and_save(run: _Run, done: int, bar) -> None:
 def _select_checkpoint(run: _Run, done: int, record: dict, bar) -> None:
     """Validate and write the output checkpoint if it is the best so far; adds the metrics to `record`."""
     cfg = run.cfg
-    provenance = {"base": run.base_version, "data": cfg.data, "step": done}
+    provenance = {"base": run.base_version, "data": cfg.data, "step": done, "zoom_in": run.zoom_in}
     if not run.val:  # no validation split: keep the latest
         save_checkpoint(run.model, run.out, run.version, half=cfg.half,
                         metadata={**provenance, "train": saved_config(cfg)})

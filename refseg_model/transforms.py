@@ -56,6 +56,20 @@ def logits_to_original(
     return crop[:, 0]
 
 
+def logits_to_frame(logits: torch.Tensor, frame_size: int, resized: Tuple[int, int], m: int,
+                    padding: torch.Tensor) -> torch.Tensor:
+    """The inverse of `logits_to_original`: H x W logits at the original size -> 1 x 1 x m x m logits over the
+    S x S frame; the frame's padding (outside `resized`) is taken from `padding` (1 x 1 x m x m, e.g. the
+    model's own answer there)."""
+    frame = F.interpolate(padding.float(), size=(frame_size, frame_size), mode="bilinear", align_corners=False)
+    if tuple(logits.shape[-2:]) != tuple(resized):
+        logits = F.interpolate(logits[None, None], size=tuple(resized), mode="bilinear", align_corners=False)[0, 0]
+    frame[..., : resized[0], : resized[1]] = logits
+    if m != frame_size:
+        frame = F.interpolate(frame, size=(m, m), mode="bilinear", align_corners=False)
+    return frame
+
+
 def point_to_frame(x: float, y: float, resized: Tuple[int, int], original: Tuple[int, int]) -> Tuple[float, float]:
     """A point in original-image pixels (x right, y down) -> the same point in the S x S frame's pixels.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refseg_model.data.augment import ZOOM_EXPAND, flip_expression, random_flip, random_zoom
+from refseg_model.data.augment import ZOOM_TRAIN_EXPAND, flip_expression, random_flip, random_zoom
 
 
 @pytest.mark.parametrize("horizontal", [True, False])
@@ -63,7 +63,7 @@ def test_random_zoom_crops_a_square_around_a_small_target_and_drops_the_expressi
         side = m.shape[0]
         assert expr == "" and m.shape == (side, side) and img.shape == (side, side, 3)
         # expand x the target's 24 px, at least the minimum crop (40 px of 128)
-        assert max(40, int(24 * ZOOM_EXPAND[0])) <= side <= round(24 * ZOOM_EXPAND[1])
+        assert max(40, int(24 * ZOOM_TRAIN_EXPAND[0])) <= side <= round(24 * ZOOM_TRAIN_EXPAND[1])
         assert m.sum() == mask.sum()  # the whole target is inside
         y0, x0 = int(img[0, 0, 0]), int(img[0, 0, 1])
         assert np.array_equal(img, image[y0:y0 + side, x0:x0 + side]) and np.array_equal(m, mask[y0:y0 + side,

@@ -188,6 +188,12 @@ def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, dat
     assert a.keys() == b.keys()
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+    # a checkpoint trained with zoomed crops says so (zoom-in clicks on by default), and so do its fine-tunes
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["metadata"]["zoom_in"] is bool(zoom_frac)
+    if zoom_frac:
+        train(TrainConfig(out=str(tmp_path / "ft"), **{**common, "init": str(tmp_path / "straight"), "steps": 1,
+                                                        "zoom_frac": 0.0}))
+        assert json.loads((tmp_path / "ft" / "config.json").read_text())["metadata"]["zoom_in"] is True
 
 
 def test_decoder_lr_with_lr_0_trains_the_click_pathway_alone_and_select_last_keeps_the_last(tmp_path, data_dir,

@@ -15,8 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class ModelCache:
-    def __init__(self, device: str = "auto", capacity: int = 2, embedding_cache: int = 32) -> None:
+    def __init__(self, device: str = "auto", capacity: int = 2, embedding_cache: int = 32,
+                 click_zoom: str = "auto") -> None:
         self.device = device
+        self.click_zoom = click_zoom
         self.capacity = max(1, capacity)
         self.embedding_cache = embedding_cache
         self._models: "OrderedDict[str, object]" = OrderedDict()
@@ -31,9 +33,10 @@ class ModelCache:
 
             t0 = time.monotonic()
             self.device = resolve_device(self.device)
-            predictor = RefSegPredictor.from_spec(spec, device=self.device, cache_size=self.embedding_cache)
-            log.info("loaded model %s (version %s) on %s in %.1f s", spec, predictor.version, self.device,
-                     time.monotonic() - t0)
+            predictor = RefSegPredictor.from_spec(spec, device=self.device, cache_size=self.embedding_cache,
+                                                  zoom=self.click_zoom)
+            log.info("loaded model %s (version %s) on %s in %.1f s, click zoom-in %s", spec, predictor.version,
+                     self.device, time.monotonic() - t0, "on" if predictor.zoom else "off")
             self._models[spec] = predictor
             while len(self._models) > self.capacity:
                 old, _ = self._models.popitem(last=False)

@@ -17,6 +17,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from ..zoom_in import ZOOM_MAX_OBJECT, ZOOM_MIN_CROP
+
 _H_SWAP = {"left": "right", "right": "left", "west": "east", "east": "west",
            "leftmost": "rightmost", "rightmost": "leftmost", "western": "eastern", "eastern": "western"}
 _V_SWAP = {"top": "bottom", "bottom": "top", "above": "below", "below": "above", "upper": "lower",
@@ -50,18 +52,13 @@ def random_flip(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.ra
     return np.ascontiguousarray(image), np.ascontiguousarray(mask), expression
 
 
-# Zoom-in (RITM's ZoomIn) answers later clicks on a small object from a crop around it; as fractions of the image's
-# longer side, so that they mean the same on every image size: at a 128 px frame, objects up to 24 px (6 x 6 of
-# the 32 x 32 embedding tokens), crops of at least 40 px (the settings benchmarks/zoom_in_study.py measured).
-ZOOM_MAX_OBJECT = 24 / 128
-ZOOM_MIN_CROP = 40 / 128
-ZOOM_EXPAND = (1.2, 2.0)  # crop side / the target's longer side, drawn uniformly
+ZOOM_TRAIN_EXPAND = (1.2, 2.0)  # crop side / the target's longer side, drawn uniformly (inference: 1.4)
 
 
 def random_zoom(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.random.Generator, frac: float
                 ) -> Tuple[np.ndarray, np.ndarray, str]:
     """With chance `frac`, a sample whose target is small (longer box side at most `ZOOM_MAX_OBJECT` of the
-    image's longer side) becomes a square crop that holds the whole target: side `ZOOM_EXPAND` x the target's,
+    image's longer side) becomes a square crop that holds the whole target: side `ZOOM_TRAIN_EXPAND` x the target's,
     at least `ZOOM_MIN_CROP`, at a random offset. The expression is dropped: it describes the whole scene, and a
     zoomed click is answered without it. Other samples come back unchanged, and with `frac` 0 or a target too
     large nothing is drawn from `rng` (the stream of a run without zoom stays what it was)."""
@@ -73,7 +70,7 @@ def random_zoom(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.ra
     target_side = max(x1 - x0 + 1, y1 - y0 + 1)
     if target_side > ZOOM_MAX_OBJECT * max(h, w) or rng.random() >= frac:
         return image, mask, expression
-    side = int(round(max(target_side * rng.uniform(*ZOOM_EXPAND), ZOOM_MIN_CROP * max(h, w))))
+    side = int(round(max(target_side * rng.uniform(*ZOOM_TRAIN_EXPAND), ZOOM_MIN_CROP * max(h, w))))
     side = min(side, h, w)
     # any offset that keeps the target inside the crop and the crop inside the image
     cx = int(rng.integers(max(0, x1 + 1 - side), min(x0, w - side) + 1))

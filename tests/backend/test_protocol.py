@@ -5,6 +5,7 @@ import base64
 import subprocess
 import sys
 
+import pytest
 import requests
 from backend_support import CONFIG_TEXT, CONFIG_TEXTAREA
 
@@ -74,6 +75,14 @@ def test_settings_hide_secrets():
     s = Settings.from_env({"LABEL_STUDIO_API_KEY": "tok-123", "BASIC_AUTH_PASS": "pw-456", "BASIC_AUTH_USER": "u"})
     assert "tok-123" not in repr(s) and "pw-456" not in repr(s)
     assert "tok-123" not in str(s.public_dict()) and s.basic_auth_enabled
+
+
+def test_click_zoom_setting_is_checked_at_start():
+    from jobs.settings import Settings
+
+    assert Settings.from_env({}).click_zoom == "auto" and Settings.from_env({"CLICK_ZOOM": "Off"}).click_zoom == "off"
+    with pytest.raises(ValueError, match="CLICK_ZOOM='sometimes': expected one of auto, on, off"):
+        Settings.from_env({"CLICK_ZOOM": "sometimes"})
 
 
 def test_web_process_never_imports_torch():

@@ -1,0 +1,112 @@
+"""Zoom-in clicks (refseg_model.zoom_in): where the crop goes, and `RefSegPredictor.predict_sequence` answering a
+later click on a small object on that crop, on the shipped demo model (real weights, so that its answers to
+clicks on a small synthetic object are small masks)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_interactive import Calls
+
+from refseg_model.checkpoint import load_model, save_checkpoint
+from refseg_model.data.sources import synth_val_samples
+from refseg_model.interactive import next_clicks
+from refseg_model.predictor import AnswerMemory, RefSegPredictor
+from refseg_model.transforms import logits_to_original
+from refseg_model.zoom_in import ZoomIn, crop_square, longest_side
+
+torch.set_num_threads(1)
+
+
+def test_the_crop_holds_the_mask_and_the_positive_clicks_inside_the_image():
+    mask = np.zeros((128, 128), dtype=bool)
+    mask[120:126, 2:10] = True  # a small object in the bottom-left corner
+    points = [(12.0, 119.0, True), (6.0, 122.0, False)]
+    x0, y0, side = crop_square(mask, points, expand=1.4, min_crop=40)
+    assert side == 40 and 0 <= x0 <= 2 and x0 + side >= 13 and y0 + side == 128 and y0 <= 119
+    assert longest_side(mask) == 8
+    zoom = ZoomIn()  # 24 / 128 and 40 / 128 of the longer side: the same crop on this 128 px image
+    assert zoom.crop(mask, points) == (x0, y0, side)
+    assert zoom.crop(np.zeros_like(mask), points) is None  # nothing to zoom on
+    big = np.zeros_like(mask)
+    big[10:50, 10:40] = True  # 40 px > 24
+    assert zoom.crop(big, [(20.0, 20.0, True)]) is None
+    assert zoom.crop(mask, [*points, (120.0, 5.0, False)]) is None  # a last click outside the crop: full image
+    # fractions of the longer side: the same object on a 256 x 512 image zooms while up to 96 px, crops >= 160
+    wide = np.zeros((256, 512), dtype=bool)
+    wide[100:180, 300:390] = True
+    x0, y0, side = zoom.crop(wide, [(340.0, 140.0, True)])
+    assert side == 160 and x0 <= 300 and x0 + side >= 390 and 0 <= y0 and y0 + side <= 256
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    """A held-out sample whose first click (after the expression) leaves a small non-empty mask, with the two
+    clicks of the simulated annotator (the second answered on a crop)."""
+    predictor = RefSegPredictor.from_spec("demo", zoom="off")
+    for image, gt, expr in synth_val_samples("default", predictor.image_size, 40, seed=20_261_202):
+        memory = AnswerMemory()
+        target = torch.from_numpy(gt)[None]
+        text = predictor.predict_prompts(image, expr)
+        xy, positive, _ = next_clicks(torch.from_numpy(text.mask)[None], target)
+        points = [(float(xy[0, 0]), float(xy[0, 1]), bool(positive[0]))]
+        first = predictor.predict_sequence(image, expr, points, None, memory)
+        if first.mask.any() and ZoomIn().crop(first.mask, points) is not None:
+            xy, positive, _ = next_clicks(torch.from_numpy(first.mask)[None], target)
+            points.append((float(xy[0, 0]), float(xy[0, 1]), bool(positive[0])))
+            if ZoomIn().crop(first.mask, points) is not None:
+                return image, expr, points, first
+    pytest.fail("no held-out sample with a small answer after one click")
+
+
+def test_a_later_click_on_a_small_answer_is_answered_on_a_crop(small_case):
+    image, expr, points, first = small_case
+    predictor = RefSegPredictor.from_spec("demo", zoom="on")
+    memory = AnswerMemory()
+    again = predictor.predict_sequence(image, expr, points[:1], None, memory)  # the first click: full image
+    assert np.array_equal(again.mask, first.mask) and not any("@" in k for k in predictor.cache.keys())
+    zoomed = predictor.predict_sequence(image, expr, points, None, memory)
+
+    # what the crop should give: its clicks and the previous logits cropped, no expression, pasted back
+    x0, y0, side = ZoomIn().crop(first.mask, points)
+    h, w = image.shape[:2]
+    size, m = predictor.image_size, predictor.model.sam.mask_input_size
+    prev = logits_to_original(first.low_res, size, (h, w), (h, w))[0]
+    crop_prev = torch.nn.functional.interpolate(prev[y0:y0 + side, x0:x0 + side][None, None], size=(m, m),
+                                                mode="bilinear", align_corners=False)
+    inside = [(x - x0, y - y0, p) for x, y, p in points if x0 <= x < x0 + side and y0 <= y < y0 + side]
+    ref = RefSegPredictor.from_spec("demo", zoom="off").predict_prompts(
+        np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), None, inside, None, crop_prev)
+    outside = np.ones((h, w), dtype=bool)
+    outside[y0:y0 + side, x0:x0 + side] = False
+    assert np.array_equal(zoomed.mask[~outside].reshape(side, side), ref.mask)
+    assert np.array_equal(zoomed.mask[outside], first.mask[outside])  # the rest is the previous answer
+    assert zoomed.low_res.shape == (1, 1, m, m)
+    # without zoom the same request is answered on the full image: another answer
+    plain = RefSegPredictor.from_spec("demo", zoom="off").predict_sequence(image, expr, points, None, AnswerMemory())
+    assert not np.array_equal(plain.mask, zoomed.mask)
+
+    # the crop's embedding is cached: the same click again runs the decoder only
+    assert sum("@" in k for k in predictor.cache.keys()) == 1
+    calls = Calls(predictor.model)
+    try:
+        repeat = predictor.predict_sequence(image, expr, points, None, memory)
+    finally:
+        calls.close()
+    assert calls.n["sam"] == 0 and calls.n["clip"] == 0 and calls.n["decoder"] == 1
+    assert np.array_equal(repeat.mask, zoomed.mask)
+
+
+def test_zoom_auto_follows_the_checkpoint_and_training_records_it(tmp_path):
+    model, meta = load_model("tiny")
+    save_checkpoint(model, tmp_path / "plain", "p", metadata={})
+    save_checkpoint(model, tmp_path / "zoomed", "z", metadata={"zoom_in": True})
+    assert RefSegPredictor.from_spec(str(tmp_path / "plain")).zoom is None
+    assert RefSegPredictor.from_spec(str(tmp_path / "zoomed")).zoom == ZoomIn()
+    assert RefSegPredictor.from_spec(str(tmp_path / "zoomed"), zoom="off").zoom is None
+    assert RefSegPredictor.from_spec(str(tmp_path / "plain"), zoom="on").zoom == ZoomIn()
+    with pytest.raises(ValueError, match="zoom must be auto, on or off"):
+        RefSegPredictor.from_spec(str(tmp_path / "plain"), zoom="yes")
+    assert json.loads((tmp_path / "zoomed" / "config.json").read_text())["metadata"]["zoom_in"] is True
