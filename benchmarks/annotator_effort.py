@@ -23,7 +23,8 @@ from a batch /predict. `--plot docs/annotator_effort.png` draws mean IoU against
 (in-process solid, through the backend dashed), with the 0.85 / 0.90 thresholds of NoC.
 
 Run:  PYTHONPATH=. python benchmarks/annotator_effort.py [--checkpoint demo|CKPT] [--samples 100]
-      [--dense add|replace] [--max-clicks 20] [--style shifted|default] [--backend] [--json out.json]
+      [--dense add|replace] [--max-clicks 20] [--style shifted|default] [--zoom auto|on|off] [--backend]
+      [--json out.json]
       [--plot out.png]
 """
 from __future__ import annotations
@@ -111,7 +112,7 @@ CONFIG_CLICKS_ONLY = ('<View><Image name="image" value="$image"/>'
                       '</View>')
 
 
-def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> Dict[str, dict]:
+def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1, zoom: str = "auto") -> Dict[str, dict]:
     """The protocol through redis + an RQ worker + gunicorn; text+clicks and clicks only."""
     import os
     import sys
@@ -132,7 +133,7 @@ def run_backend(checkpoint: str, samples, max_clicks: int, threads: int = 1) -> 
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REFSEG_MODEL": checkpoint,
            "MODEL_DIR": str(tmp / "models"), "DEVICE": "cpu", "LABEL_STUDIO_URL": ls_url,
            "LABEL_STUDIO_API_KEY": "bench", "PREDICT_BUDGET_S": "120", "INTERACTIVE_TIMEOUT_S": "60",
-           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "CLICK_ZOOM": zoom}
     stack = Stack(env, tmp)
 
     def mask_of(res, shape) -> np.ndarray:
@@ -233,6 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--dense", choices=["add", "replace"], default=None,
                     help="override the checkpoint's interactive_dense (how the previous mask meets the text)")
+    ap.add_argument("--zoom", choices=["auto", "on", "off"], default="auto",
+                    help="zoom-in clicks (CLICK_ZOOM): auto = on for a checkpoint trained for it")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backend", action="store_true", help="also through redis + RQ worker + gunicorn")
     ap.add_argument("--json", default=None)
@@ -243,14 +246,15 @@ def main(argv=None) -> int:
     from refseg_model.data.sources import synth_val_samples
     from refseg_model.predictor import RefSegPredictor
 
-    predictor = RefSegPredictor.from_spec(args.checkpoint, cache_size=8)
+    predictor = RefSegPredictor.from_spec(args.checkpoint, cache_size=8, zoom=args.zoom)
     if args.dense:
         predictor.model.cfg.interactive_dense = args.dense
     samples = synth_val_samples(args.style, predictor.image_size, args.samples, seed=args.seed)
     t0 = time.time()
     res = run(predictor, samples, args.max_clicks)
     print(f"checkpoint {args.checkpoint} ({predictor.version}), dense {predictor.model.cfg.interactive_dense}, "
-          f"{len(samples)} held-out {args.style} samples, {time.time() - t0:.0f} s")
+          f"zoom-in {'on' if predictor.zoom else 'off'}, {len(samples)} held-out {args.style} samples, "
+          f"{time.time() - t0:.0f} s")
     _table(res, args.max_clicks)
     for mode in ("text+clicks", "clicks"):
         print(f"NoF@85 by target area (px: failures / samples), {mode}: "
@@ -260,12 +264,12 @@ def main(argv=None) -> int:
         if args.dense:
             print("note: --dense applies in-process only; the worker uses the checkpoint's own setting")
         t0 = time.time()
-        backend = run_backend(args.checkpoint, samples, args.max_clicks, args.threads or 1)
+        backend = run_backend(args.checkpoint, samples, args.max_clicks, args.threads or 1, args.zoom)
         print(f"through the backend (redis + RQ worker + gunicorn), {time.time() - t0:.0f} s")
         _table(backend, args.max_clicks)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "version": predictor.version,
+            json.dump({"checkpoint": args.checkpoint, "version": predictor.version, "zoom": bool(predictor.zoom),
                        "dense": predictor.model.cfg.interactive_dense, "results": res, "backend": backend}, f,
                       indent=1)
     if args.plot:

@@ -133,6 +133,9 @@ class Settings:
     # a text-only fine-tune wears off the click skill (measured in the README: 200 shifted-style corrections,
     # NoC@85 clicks only 11.03 at 0 vs 9.32 at 0.5); 0 restores text-only fine-tuning
     finetune_interactive_frac: float = 0.5
+    # chance that a corrected small object trains as a zoomed crop (TrainConfig.zoom_frac). 0 keeps the measured
+    # fine-tune figures; a fine-tune of a zoom-trained checkpoint keeps its `zoom_in` mark either way
+    finetune_zoom_frac: float = 0.0
     finetune_min_annotations: int = 2
     finetune_holdout: float = 0.2  # fraction of annotated tasks held out to compare new vs current
     finetune_promote_tolerance: float = 0.0  # promote if new gIoU >= current gIoU - tolerance
@@ -182,6 +185,7 @@ class Settings:
             finetune_lr=_float(env, "FINETUNE_LR", cls.finetune_lr),
             finetune_interactive_frac=min(1.0, max(0.0, _float(env, "FINETUNE_INTERACTIVE_FRAC",
                                                                cls.finetune_interactive_frac))),
+            finetune_zoom_frac=min(1.0, max(0.0, _float(env, "FINETUNE_ZOOM_FRAC", cls.finetune_zoom_frac))),
             finetune_min_annotations=max(2, _int(env, "FINETUNE_MIN_ANNOTATIONS", cls.finetune_min_annotations)),
             finetune_holdout=min(0.9, max(0.0, _float(env, "FINETUNE_HOLDOUT", cls.finetune_holdout))),
             finetune_promote_tolerance=_float(env, "FINETUNE_PROMOTE_TOLERANCE", cls.finetune_promote_tolerance),

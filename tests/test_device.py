@@ -43,3 +43,13 @@ def test_finetunes_train_part_of_each_batch_with_simulated_clicks(tmp_path: Path
     assert frac({"FINETUNE_INTERACTIVE_FRAC": "0"}) == 0.0
     assert frac({"FINETUNE_INTERACTIVE_FRAC": "0.25"}) == 0.25
     assert frac({"FINETUNE_INTERACTIVE_FRAC": "3"}) == 1.0 and frac({"FINETUNE_INTERACTIVE_FRAC": "-1"}) == 0.0
+
+
+def test_finetunes_train_zoomed_crops_only_when_asked(tmp_path: Path):
+    from jobs.settings import Settings
+    from workers.finetune import finetune_config
+
+    def zoom(env):
+        return finetune_config(Settings.from_env(env), tmp_path / "d", tmp_path / "o", "demo", "v").zoom_frac
+
+    assert zoom({}) == 0.0 and zoom({"FINETUNE_ZOOM_FRAC": "0.5"}) == 0.5 and zoom({"FINETUNE_ZOOM_FRAC": "2"}) == 1.0

@@ -124,7 +124,7 @@ def finetune_config(settings, data: Path, out: Path, init: str, version: str, on
 
     return TrainConfig(data=str(data), out=str(out), init=init, steps=settings.finetune_steps,
                        batch_size=settings.finetune_batch_size, lr=settings.finetune_lr, version=version,
-                       interactive_frac=settings.finetune_interactive_frac,
+                       interactive_frac=settings.finetune_interactive_frac, zoom_frac=settings.finetune_zoom_frac,
                        device=resolve_device(settings.trainer_device), progress=False, resume=False,
                        eval_every=settings.finetune_steps, on_progress=on_progress)
 

@@ -42,6 +42,7 @@ def runtime() -> Runtime:
     ls = LabelStudioClient(s.label_studio_url, s.label_studio_api_key, s.verify_ssl)
     device = s.trainer_device if _role["trainer"] else s.device
     return Runtime(settings=s, rq_conn=rq_connection(s.redis_url), state=state,
-                   versions=VersionStore(state, s.base_model), models=ModelCache(device, s.model_cache_size, click_zoom=s.click_zoom),
+                   versions=VersionStore(state, s.base_model),
+                   models=ModelCache(device, s.model_cache_size, click_zoom=s.click_zoom),
                    ls=ls, media=MediaFetcher(s.media_policy(), ls),
                    instance=register_instance(state, s.label_studio_url))
