@@ -25,7 +25,7 @@ def _refseg(*args: str) -> subprocess.CompletedProcess:
 
 def test_demo_checkpoint_is_small_and_versioned():
     meta = read_checkpoint_meta(DEMO_CHECKPOINT)
-    assert meta["version"] == "demo-v2"
+    assert meta["version"] == "demo-v3"
     size = sum(p.stat().st_size for p in DEMO_CHECKPOINT.iterdir())
     assert size < 12 * 2**20, f"demo checkpoint grew to {size / 2**20:.1f} MB"
 
@@ -37,7 +37,7 @@ def test_demo_reaches_gIoU_060_on_unseen_synthetic_scenes(tmp_path):
     r = _refseg("eval", "--data", str(data), "--split", "test", "--json", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     figures = json.loads(out.read_text())
-    assert figures["model"] == "demo-v2"
+    assert figures["model"] == "demo-v3"
     assert figures["n"] >= 150  # up to 3 expressions per image
     assert figures["gIoU"] >= 0.60, figures
     assert figures["cIoU"] >= 0.60, figures

@@ -73,9 +73,9 @@ def _serve_from_web_venv(web_venv, redis_url: str, tmp_path: Path) -> None:
         wait_for(lambda: proc.poll() is not None or _up(url), 60, "gunicorn from the web-only venv")
         assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-3000:]
         health = requests.get(f"{url}/health", timeout=5).json()
-        assert health["status"] == "UP" and health["base_model_version"] == "demo-v2"
+        assert health["status"] == "UP" and health["base_model_version"] == "demo-v3"
         setup = requests.post(f"{url}/setup", json={"project": "3.1712345678", "schema": CONFIG_TEXT}, timeout=5)
-        assert setup.status_code == 200 and setup.json()["model_version"] == "demo-v2"
+        assert setup.status_code == 200 and setup.json()["model_version"] == "demo-v3"
         queue = get_queue(rq_connection(redis_url), BATCH)
         before = set(queue.job_ids)
         task = {"id": 31, "data": {"image": "http://127.0.0.1:9/x.png", "expression": "the pond"}}
