@@ -110,3 +110,18 @@ def test_zoom_auto_follows_the_checkpoint_and_training_records_it(tmp_path):
     with pytest.raises(ValueError, match="zoom must be auto, on or off"):
         RefSegPredictor.from_spec(str(tmp_path / "plain"), zoom="yes")
     assert json.loads((tmp_path / "zoomed" / "config.json").read_text())["metadata"]["zoom_in"] is True
+
+
+def test_the_workers_model_cache_passes_click_zoom_to_the_predictor(tmp_path):
+    """CLICK_ZOOM reaches the workers' predictors (workers.model_cache.ModelCache <- Settings.click_zoom)."""
+    from jobs.settings import Settings
+    from workers.model_cache import ModelCache
+
+    model, _ = load_model("tiny")
+    save_checkpoint(model, tmp_path / "zoomed", "z", metadata={"zoom_in": True})
+    spec = str(tmp_path / "zoomed")
+    for env, expected in (({}, ZoomIn()), ({"CLICK_ZOOM": "off"}, None)):
+        cache = ModelCache("cpu", 1, click_zoom=Settings.from_env(env).click_zoom)
+        assert cache.get(spec).zoom == expected
+    assert ModelCache("cpu", 1).get("demo").zoom == ZoomIn()  # the shipped demo-v3 is zoom-trained: auto = on
+    assert ModelCache("cpu", 1, click_zoom="off").get("demo").zoom is None
