@@ -112,7 +112,7 @@ def train_state_dir(out) -> Path:
 # ------------------------------------------------------------------------------------------------ data
 def collate(items, size: int, device: torch.device):
     frames, targets, valids, exprs = [], [], [], []
-    for image, mask, expr in items:
+    for image, mask, expr, *_ in items:
         f, _ = image_to_frame(image, size)
         t, v = mask_to_frame(mask, size)
         frames.append(f)
@@ -141,14 +141,14 @@ class _TrainStep(torch.nn.Module):
         self.model = model
 
     def forward(self, images, input_ids, attention_mask, target, valid, interactive: Optional[dict] = None,
-                text_rows: Optional[torch.Tensor] = None):
+                text_rows: Optional[torch.Tensor] = None, zoomed: Optional[torch.Tensor] = None):
         if not interactive:
             out = self.model(images, input_ids, attention_mask)
         else:
             out = interactive_forward(self.model, images, input_ids, attention_mask, target, valid, **interactive)
         parts = refseg_loss(self.model, out, target, valid, self.model.cfg.loss, text_rows)
         if out.interactive_passes:
-            extra = interactive_pass_loss(out.interactive_passes, target, valid, self.model.cfg.loss)
+            extra = interactive_pass_loss(out.interactive_passes, target, valid, self.model.cfg.loss, zoomed)
             parts["passes"] = extra
             # each (row, pass) weighs what a row of the batch weighs in `loss`
             share = len(out.interactive_passes) * interactive["rows"] / target.shape[0]
@@ -335,15 +335,18 @@ def _optimisation_step(run: _Run, step_fn: torch.nn.Module, autocast, step: int)
     for g in opt.param_groups:
         g["lr"] = g.get("base_lr", cfg.lr) * lr_factor(step, run.total, cfg.warmup_frac, cfg.min_lr_ratio, cfg.cosine_start_frac,
                                      cfg.cosine_period_frac)
-    images, target, valid, exprs = collate(run.src.batch(cfg.batch_size, step, run.total), run.model.image_size,
-                                           run.device)
-    (images, target, valid), exprs, text_rows = rows_without_text_last((images, target, valid), exprs, run.world)
+    items = run.src.batch(cfg.batch_size, step, run.total)
+    images, target, valid, exprs = collate(items, run.model.image_size, run.device)
+    zoomed = torch.tensor([bool(getattr(it, "zoomed", False)) for it in items], device=run.device)
+    (images, target, valid, zoomed), exprs, text_rows = rows_without_text_last((images, target, valid, zoomed),
+                                                                               exprs, run.world)
     tok = run.model.encoder.tokenize(exprs, run.device)
     no_text = 0 if text_rows is None else int((~text_rows).sum())
     plan = interactive_plan(images.shape[0], cfg.interactive_frac, cfg.seed, run.rank, step, no_text,
                             cfg.max_corrections)
     with autocast:
-        parts = step_fn(images, tok["input_ids"], tok["attention_mask"], target, valid, plan, text_rows)
+        parts = step_fn(images, tok["input_ids"], tok["attention_mask"], target, valid, plan, text_rows,
+                        zoomed if bool(zoomed.any()) else None)
     opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
     if cfg.grad_clip:

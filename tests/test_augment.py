@@ -59,9 +59,10 @@ def test_random_zoom_crops_a_square_around_a_small_target_and_drops_the_expressi
     mask[70:90, 20:44] = True  # 20 x 24 px: at most 3/16 of the side
     offsets, sides = set(), set()
     for seed in range(40):
-        img, m, expr = random_zoom(image, mask, "the small car left of the road", np.random.default_rng(seed), 1.0)
+        img, m, expr, zoomed = random_zoom(image, mask, "the small car left of the road", np.random.default_rng(seed),
+                                           1.0)
         side = m.shape[0]
-        assert expr == "" and m.shape == (side, side) and img.shape == (side, side, 3)
+        assert zoomed and expr == "" and m.shape == (side, side) and img.shape == (side, side, 3)
         # expand x the target's 24 px, at least the minimum crop (40 px of 128)
         assert max(40, int(24 * ZOOM_TRAIN_EXPAND[0])) <= side <= round(24 * ZOOM_TRAIN_EXPAND[1])
         assert m.sum() == mask.sum()  # the whole target is inside
@@ -81,8 +82,8 @@ def test_random_zoom_leaves_large_targets_and_frac_0_alone_without_drawing():
     for m, frac in ((mask, 1.0), (small, 0.0), (np.zeros_like(mask), 1.0)):
         rng = np.random.default_rng(0)
         state = dict(rng.bit_generator.state)
-        img, out, expr = random_zoom(image, m, "the roof", rng, frac)
-        assert img is image and out is m and expr == "the roof"
+        img, out, expr, zoomed = random_zoom(image, m, "the roof", rng, frac)
+        assert img is image and out is m and expr == "the roof" and not zoomed
         assert rng.bit_generator.state == state  # a run without zoom draws exactly what it did before
     # frac 0.5: some small targets zoom, some do not
     kept = [random_zoom(image, small, "x", np.random.default_rng(s), 0.5)[2] for s in range(40)]

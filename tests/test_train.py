@@ -161,7 +161,8 @@ def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, dat
     if zoom_frac:  # this data set's small targets do come as crops without their expression
         src = train_module.FileSource(load_samples(str(data_dir), "train"), 64, True, 0, 0, 1, zoom_frac)
         items = src.batch(16, 0, 8)
-        zoomed = [img.shape[0] for img, _, expr in items if not expr]
+        zoomed = [img.shape[0] for img, _, expr, crop in items if crop]
+        assert all(not expr for _, _, expr, crop in items if crop)
         assert zoomed and all(side < 64 for side in zoomed) and len(zoomed) < len(items)
     train(TrainConfig(out=str(tmp_path / "straight"), **common))
 
@@ -255,7 +256,7 @@ rank, log = int(os.environ["RANK"]), {"batches": [], "weights": [], "world": Non
 _collate = T.collate
 
 def collate(items, size, device):
-    log["batches"].append([expr for _, _, expr in items])
+    log["batches"].append([it[2] for it in items])  # (image, mask, expression, ...)
     return _collate(items, size, device)
 
 T.collate = collate

@@ -125,3 +125,33 @@ def test_the_workers_model_cache_passes_click_zoom_to_the_predictor(tmp_path):
         assert cache.get(spec).zoom == expected
     assert ModelCache("cpu", 1).get("demo").zoom == ZoomIn()  # the shipped demo-v3 is zoom-trained: auto = on
     assert ModelCache("cpu", 1, click_zoom="off").get("demo").zoom is None
+
+
+def test_zoomed_crops_are_not_trained_on_their_first_prompt_alone():
+    """interactive_pass_loss leaves zoomed rows out of the first pass (their answer without a previous mask,
+    which zoom-in never asks for) and keeps them in the later passes."""
+    from refseg_model.config import LossConfig
+    from refseg_model.modeling.loss import dice_loss, interactive_pass_loss, masked_bce
+
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(4, 1, 16, 16, generator=g) > 0.5).float()
+    valid = torch.ones(4, 1, 16, 16)
+    passes = [torch.randn(3, 1, 16, 16, generator=g) for _ in range(2)]  # the last 3 rows are interactive
+    w = LossConfig()
+
+    def one(logits, t, v):
+        return w.bce * masked_bce(logits, t, v) + w.dice * dice_loss(logits, t, v)
+
+    zoomed = torch.tensor([False, False, True, False])  # row 2: the second interactive row
+    keep = torch.tensor([True, False, True])
+    expected = (one(passes[0][keep], target[1:][keep], valid[1:][keep]) + one(passes[1], target[1:], valid[1:])) / 2
+    assert torch.allclose(interactive_pass_loss(passes, target, valid, w, zoomed), expected)
+    everything = (one(passes[0], target[1:], valid[1:]) + one(passes[1], target[1:], valid[1:])) / 2
+    assert torch.allclose(interactive_pass_loss(passes, target, valid, w), everything)
+    assert not torch.allclose(expected, everything)
+    # a single pass of zoomed rows only: nothing to learn from it, a zero that keeps the graph
+    first = passes[0].clone().requires_grad_()
+    only = interactive_pass_loss([first], target, valid, w, torch.tensor([False, True, True, True]))
+    assert float(only.detach()) == 0.0
+    only.backward()
+    assert torch.equal(first.grad, torch.zeros_like(first))

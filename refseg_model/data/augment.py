@@ -13,7 +13,7 @@ The paper's recipe (`refseg train --recipe rsrefseg2`) trains without any augmen
 from __future__ import annotations
 
 import re
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple
 
 import numpy as np
 
@@ -55,8 +55,19 @@ def random_flip(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.ra
 ZOOM_TRAIN_EXPAND = (1.2, 2.0)  # crop side / the target's longer side, drawn uniformly (inference: 1.4)
 
 
+class TrainItem(NamedTuple):
+    """One training sample as the sources give it."""
+
+    image: np.ndarray  # H x W x 3 uint8
+    mask: np.ndarray  # H x W bool
+    expression: str  # "" = none (clicks-only annotations, zoomed crops)
+    # a zoomed crop (`random_zoom`): zoom-in answers a crop only with a previous mask, so the crop's answer to its
+    # first prompt alone is not supervised (it would teach the first click on a full image that objects fill it)
+    zoomed: bool = False
+
+
 def random_zoom(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.random.Generator, frac: float
-                ) -> Tuple[np.ndarray, np.ndarray, str]:
+                ) -> TrainItem:
     """With chance `frac`, a sample whose target is small (longer box side at most `ZOOM_MAX_OBJECT` of the
     image's longer side) becomes a square crop that holds the whole target: side `ZOOM_TRAIN_EXPAND` x the target's,
     at least `ZOOM_MIN_CROP`, at a random offset. The expression is dropped: it describes the whole scene, and a
@@ -65,15 +76,15 @@ def random_zoom(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.ra
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
     if frac <= 0 or not len(xs):
-        return image, mask, expression
+        return TrainItem(image, mask, expression)
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
     target_side = max(x1 - x0 + 1, y1 - y0 + 1)
     if target_side > ZOOM_MAX_OBJECT * max(h, w) or rng.random() >= frac:
-        return image, mask, expression
+        return TrainItem(image, mask, expression)
     side = int(round(max(target_side * rng.uniform(*ZOOM_TRAIN_EXPAND), ZOOM_MIN_CROP * max(h, w))))
     side = min(side, h, w)
     # any offset that keeps the target inside the crop and the crop inside the image
     cx = int(rng.integers(max(0, x1 + 1 - side), min(x0, w - side) + 1))
     cy = int(rng.integers(max(0, y1 + 1 - side), min(y0, h - side) + 1))
     crop = (slice(cy, cy + side), slice(cx, cx + side))
-    return np.ascontiguousarray(image[crop]), np.ascontiguousarray(mask[crop]), ""
+    return TrainItem(np.ascontiguousarray(image[crop]), np.ascontiguousarray(mask[crop]), "", zoomed=True)

@@ -112,14 +112,22 @@ def refseg_loss(
 
 
 def interactive_pass_loss(passes: Sequence[torch.Tensor], target: torch.Tensor, valid: torch.Tensor,
-                          weights: LossConfig) -> torch.Tensor:
+                          weights: LossConfig, zoomed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The mask loss (weights.bce BCE + weights.dice Dice) of an interactive training step's earlier passes
     (`RefSegOutput.interactive_passes`, each R x 1 x M x M for the last R rows of target/valid B x 1 x S x S),
-    averaged over the passes."""
+    averaged over the passes. `zoomed` (B bool): rows that are zoomed crops, left out of the first pass (their
+    answer to the initial prompt without a previous mask, which zoom-in never asks for)."""
     total = []
-    for logits in passes:
+    for i, logits in enumerate(passes):
         t, v = target[-logits.shape[0]:], valid[-logits.shape[0]:]
+        if i == 0 and zoomed is not None:
+            keep = ~zoomed[-logits.shape[0]:]
+            if not bool(keep.any()):
+                continue
+            logits, t, v = logits[keep], t[keep], v[keep]
         if logits.shape[-2:] != t.shape[-2:]:
             logits = F.interpolate(logits, size=t.shape[-2:], mode="bilinear", align_corners=False)
         total.append(weights.bce * masked_bce(logits, t, v) + weights.dice * dice_loss(logits, t, v))
+    if not total:  # one pass, all of it zoomed crops
+        return passes[0].sum() * 0.0
     return torch.stack(total).mean()
