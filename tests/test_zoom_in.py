@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_support import small_zoom_case
 from test_interactive import Calls
 
 from refseg_model.checkpoint import load_model, save_checkpoint
-from refseg_model.data.sources import synth_val_samples
-from refseg_model.interactive import next_clicks
 from refseg_model.predictor import AnswerMemory, RefSegPredictor
 from refseg_model.transforms import logits_to_original
 from refseg_model.zoom_in import ZoomIn, crop_square, longest_side
@@ -45,20 +44,10 @@ def test_the_crop_holds_the_mask_and_the_positive_clicks_inside_the_image():
 def small_case():
     """A held-out sample whose first click (after the expression) leaves a small non-empty mask, with the two
     clicks of the simulated annotator (the second answered on a crop)."""
-    predictor = RefSegPredictor.from_spec("demo", zoom="off")
-    for image, gt, expr in synth_val_samples("default", predictor.image_size, 40, seed=20_261_202):
-        memory = AnswerMemory()
-        target = torch.from_numpy(gt)[None]
-        text = predictor.predict_prompts(image, expr)
-        xy, positive, _ = next_clicks(torch.from_numpy(text.mask)[None], target)
-        points = [(float(xy[0, 0]), float(xy[0, 1]), bool(positive[0]))]
-        first = predictor.predict_sequence(image, expr, points, None, memory)
-        if first.mask.any() and ZoomIn().crop(first.mask, points) is not None:
-            xy, positive, _ = next_clicks(torch.from_numpy(first.mask)[None], target)
-            points.append((float(xy[0, 0]), float(xy[0, 1]), bool(positive[0])))
-            if ZoomIn().crop(first.mask, points) is not None:
-                return image, expr, points, first
-    pytest.fail("no held-out sample with a small answer after one click")
+    case = small_zoom_case(RefSegPredictor.from_spec("demo", zoom="off"))
+    if case is None:
+        pytest.fail("no held-out sample with a small answer after one click")
+    return case
 
 
 def test_a_later_click_on_a_small_answer_is_answered_on_a_crop(small_case):
