@@ -342,10 +342,14 @@ class RefSegPredictor:
         # a copy: without resizing, logits_to_original returns a view of the remembered low_res
         logits = logits_to_original(answer.low_res, self.image_size, item.resized, item.original)[0].clone()
         if answer.crop is not None:
-            (x0, y0, side), low = answer.crop
-            logits[y0:y0 + side, x0:x0 + side] = logits_to_original(low, self.image_size, (self.image_size,) * 2,
-                                                                    (side, side))[0]
+            self._paste(logits, *answer.crop)
         return logits
+
+    def _paste(self, logits: torch.Tensor, crop: Tuple[int, int, int], low_res: torch.Tensor) -> None:
+        """Write a square crop's answer (1 x 1 x M x M over its frame) into `logits` (H x W) at `crop`."""
+        x0, y0, side = crop
+        logits[y0:y0 + side, x0:x0 + side] = logits_to_original(low_res, self.image_size, (self.image_size,) * 2,
+                                                                (side, side))[0]
 
     def _zoomed(self, image: np.ndarray, key: str, item: CachedImage, prev: Answer, prev_logits: torch.Tensor,
                 crop: Tuple[int, int, int], points: Sequence[Point]) -> Tuple[Prediction, Answer]:
@@ -362,8 +366,7 @@ class RefSegPredictor:
         with self._lock:
             p = self._decode_interactive(citem, None, inside, None, mask_input)
         logits = prev_logits.clone()
-        logits[y0:y0 + side, x0:x0 + side] = logits_to_original(p.low_res, self.image_size, citem.resized,
-                                                                (side, side))[0]
+        self._paste(logits, crop, p.low_res)
         low_res = logits_to_frame(logits, self.image_size, item.resized, m, prev.low_res)
         pred = Prediction(mask=(logits > self.threshold).numpy(), score=confidence(logits), iou_pred=p.iou_pred,
                           low_res=low_res)
