@@ -28,10 +28,16 @@ ZOOM_MIN_CROP = 40 / 128
 ZOOM_EXPAND = 1.4  # crop side / the longer side of the box around the mask and the positive clicks
 
 
+def bounding_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), inclusive, of a non-empty H x W bool mask."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
 def longest_side(mask: np.ndarray) -> int:
     """The longer side of the bounding box of a non-empty H x W bool mask, in pixels."""
-    ys, xs = np.nonzero(mask)
-    return int(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    x0, y0, x1, y1 = bounding_box(mask)
+    return max(x1 - x0 + 1, y1 - y0 + 1)
 
 
 def crop_square(mask: np.ndarray, points: Sequence[Point], expand: float, min_crop: int) -> Tuple[int, int, int]:

@@ -17,7 +17,7 @@ from typing import Dict, NamedTuple
 
 import numpy as np
 
-from ..zoom_in import ZOOM_MAX_OBJECT, ZOOM_MIN_CROP
+from ..zoom_in import ZOOM_MAX_OBJECT, ZOOM_MIN_CROP, bounding_box, longest_side
 
 _H_SWAP = {"left": "right", "right": "left", "west": "east", "east": "west",
            "leftmost": "rightmost", "rightmost": "leftmost", "western": "eastern", "eastern": "western"}
@@ -73,12 +73,11 @@ def random_zoom(image: np.ndarray, mask: np.ndarray, expression: str, rng: np.ra
     at least `ZOOM_MIN_CROP`, at a random offset. The expression is dropped: it describes the whole scene, and a
     zoomed click is answered without it. Other samples come back unchanged, and with `frac` 0 or a target too
     large nothing is drawn from `rng` (the stream of a run without zoom stays what it was)."""
-    ys, xs = np.nonzero(mask)
     h, w = mask.shape
-    if frac <= 0 or not len(xs):
+    if frac <= 0 or not mask.any():
         return TrainItem(image, mask, expression)
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    target_side = max(x1 - x0 + 1, y1 - y0 + 1)
+    x0, y0, x1, y1 = bounding_box(mask)
+    target_side = longest_side(mask)
     if target_side > ZOOM_MAX_OBJECT * max(h, w) or rng.random() >= frac:
         return TrainItem(image, mask, expression)
     side = int(round(max(target_side * rng.uniform(*ZOOM_TRAIN_EXPAND), ZOOM_MIN_CROP * max(h, w))))
