@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 LS_VERSION = "1.23.2"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # the LS admin's fixed legacy API token
+ADMIN = ("admin@example.com", "pass12345")  # the LS admin's e-mail and password (the editor's login page)
 ML_TIMEOUT_PREDICT = 8  # LS's read timeout for /predict, the interactive call and START_TRAINING (s)
 PREDICT_BUDGET_S = 0.5  # the backend answers /predict within this; the rest is POSTed to LS later
 INTERACTIVE_TIMEOUT_S = 6
@@ -112,7 +113,7 @@ def _start_ls(venv: Path, data: Path, env: dict, port: int, log: Path):
     fh = log.open("a")
     proc = subprocess.Popen(
         [str(venv / "bin" / "label-studio"), "start", "--data-dir", str(data), "--internal-host", "127.0.0.1",
-         "--host", url, "-p", str(port), "--username", "admin@example.com", "--password", "pass12345",
+         "--host", url, "-p", str(port), "--username", ADMIN[0], "--password", ADMIN[1],
          "--user-token", TOKEN, "--enable-legacy-api-token", "--no-browser"],
         env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=data.parent)
     fh.close()

@@ -16,6 +16,7 @@ import pytest
 from browser_support import keep_screenshot, localhost_page
 from click_configs import readme_config
 from e2e_flow import connect, create_project, predictions
+from ls_editor import open_task
 
 pytestmark = pytest.mark.e2e
 VIEWPORT = {"width": 1600, "height": 1000}
@@ -37,26 +38,12 @@ def test_readme_click_config_keeps_prompt_labels_and_image_in_view(label_studio,
     connect(ls, project["id"], backend_url)
     [task] = project["tasks"]
     with localhost_page(VIEWPORT, fail_instead=os.environ.get("REFSEG_E2E_REQUIRE") == "1") as (page, log):
-        page.goto(ls.url + "/user/login/")
-        page.fill("input[name=email]", "admin@example.com")
-        page.fill("input[name=password]", "pass12345")
-        with page.expect_navigation():
-            page.click("button[type=submit]")
-        assert "/user/login" not in page.url, "login failed"
-
-        page.goto(f"{ls.url}/projects/{project['id']}/data?task={task}")
+        open_task(page, ls, project["id"], task)
         prompt = page.get_by_placeholder("referring expression")
         labels = page.locator(".lsf-label", has_text="object")
         image = page.locator(".lsf-image")  # the Image tag: the picture
         stage = page.locator(".konvajs-content")  # the canvas over it, where clicks and boxes are drawn
         prompt.wait_for(state="visible", timeout=60_000)
-        # the picture is loaded (the editor draws it from a blob: copy) and the drawing stage has its size
-        page.wait_for_function("""() => {
-            const img = document.querySelector('.lsf-image img');
-            const stage = document.querySelector('.konvajs-content');
-            return img && img.complete && img.naturalWidth > 0 && stage && stage.clientWidth > 100;
-        }""", timeout=60_000)
-        page.wait_for_load_state("networkidle")
         assert labels.count() == 2  # KeyPointLabels' and RectangleLabels' "object", in config order
         keypoint = labels.first
         bottom_bar = _box(page.locator(".lsf-bottombar"))
