@@ -26,12 +26,22 @@ with fewer clicks, or has a lower predicted IoU, did not stop that (IoU@3 0.724 
 training with crops (`refseg train --zoom-frac`) did. Zoom-in is on in the product for checkpoints trained so
 (`CLICK_ZOOM=auto`), the shipped demo among them.
 
+Cost of deciding (`--upscale K`): whether to zoom, a click needs the previous answer's mask at the image's
+size; `RefSegPredictor._surely_large` rules out large answers from the frame-size logits and four exactly
+evaluated pixels first, so only answers that may be small pay for the H x W logits. With K > 1 the study instead
+times the same clicks (the simulated annotator's 5 on the 128 px scene, scaled; text + clicks; scenes upscaled
+K x, nearest) with that check and with the H x W logits for every decision, alternating per sample, and checks
+that both give the same masks. Measured (demo-v3, 20 samples, one thread, 2 cores, another test run beside it):
+16 x (2048 px) 191 -> 161 ms per click, 1.19x; 40 x (5120 px) 827 -> 706 ms, 1.17x. Most of what is left is the
+answer's confidence score over all H x W pixels (about 3/4 of a click at 5120 px; the logits' upsampling ~1/8).
+
 Run:  PYTHONPATH=. python benchmarks/zoom_in_study.py [--checkpoint demo] [--samples 100] [--style default]
-      [--min-crop 40] [--expand 1.4] [--max-object 24] [--modes text+clicks,clicks]
+      [--min-crop 40] [--expand 1.4] [--max-object 24] [--modes text+clicks,clicks] [--upscale K]
 """
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from annotator_effort import failures_by_area, summarise
@@ -52,13 +62,18 @@ def main() -> None:
     ap.add_argument("--max-object", type=int, default=24)
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--modes", default="text+clicks,clicks")
+    ap.add_argument("--upscale", type=int, default=1, help="K > 1: time the zoom decision on K x upscaled scenes")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     predictor = RefSegPredictor.from_spec(args.checkpoint, cache_size=64, zoom="off")
     size = predictor.image_size
     samples = synth_val_samples(args.style, size, args.samples, seed=20_261_202)
     areas = [int(gt.sum()) for _, gt, _ in samples]
     zoom = ZoomIn(max_object=args.max_object / size, min_crop=args.min_crop / size, expand=args.expand)
+    if args.upscale > 1:
+        return decision_timing(predictor, samples, zoom, args.upscale)
     print(f"checkpoint {args.checkpoint} ({predictor.version}), {len(samples)} held-out {args.style} samples; zoom-in: "
           f"min crop {args.min_crop} px, expand {args.expand}, objects up to {args.max_object} px")
     print(f"{'mode':<26}{'NoC@85':>8}{'NoC@90':>8}{'NoF@85':>8}{'IoU@1':>8}{'IoU@3':>8}{'IoU@5':>8}  NoF@85 by area")
@@ -70,6 +85,43 @@ def main() -> None:
             by_area = " ".join(f"{k} {v[0]}/{v[1]}" for k, v in failures_by_area(curves, areas).items())
             print(f"{mode + ', ' + label:<26}{r['NoC@85']:>8.2f}{r['NoC@90']:>8.2f}{r['NoF@85']:>8d}"
                   f"{r['IoU@1']:>8.3f}{r['IoU@3']:>8.3f}{r['IoU@5']:>8.3f}  {by_area}", flush=True)
+
+
+def decision_timing(predictor: RefSegPredictor, samples, zoom: ZoomIn, k: int, clicks: int = 5) -> None:
+    """Per-click seconds of text + clicks sequences on k x upscaled scenes, zoom on, with the predictor's
+    large-answer check and with the H x W logits for every decision, alternating per sample. The clicks are the
+    simulated annotator's on the original scene, scaled (its error-region search at 5000 px would take longer
+    than the clicks)."""
+    import numpy as np
+
+    from refseg_model.predictor import AnswerMemory
+
+    predictor.zoom = zoom
+    surely_large = predictor._surely_large
+    seconds = {"frame check": [], "H x W always": []}
+    for img, gt, expr in samples:
+        points = []
+        simulate_clicks(predictor, img, gt, expr, clicks, clicks=points)
+        points = [((x + 0.5) * k - 0.5, (y + 0.5) * k - 0.5, pos) for x, y, pos in points]
+        img = np.kron(img, np.ones((k, k, 1), dtype=np.uint8))
+        masks = []
+        for label, check in (("frame check", surely_large), ("H x W always", lambda item, low_res: False)):
+            predictor._surely_large = check
+            predictor.cache.clear()  # both start from a cold image: the same work before the clicks
+            memory = AnswerMemory()
+            key, _ = predictor.embed(img)
+            predictor.predict_sequence(img, expr, [], None, memory, key)  # the text's answer, before the clicks
+            masks.append([])
+            for i in range(1, len(points) + 1):
+                t0 = time.perf_counter()
+                masks[-1].append(predictor.predict_sequence(img, expr, points[:i], None, memory, key).mask)
+                seconds[label].append(time.perf_counter() - t0)
+        assert all(np.array_equal(a, b) for a, b in zip(*masks)), "the check changed an answer"
+    predictor._surely_large = surely_large
+    a, b = (float(np.mean(v)) for v in seconds.values())
+    print(f"{len(samples)} samples at {img.shape[1]} x {img.shape[0]} px, {clicks} clicks each, zoom on: per click "
+          f"{b * 1000:.0f} ms (H x W logits for every decision) -> {a * 1000:.0f} ms (frame check first), "
+          f"{b / a:.2f}x; same masks")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def evaluate_samples(
 
 
 def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarray, expression: Optional[str],
-                    max_clicks: int, stop_at: float = 1.01, latencies: Optional[List[float]] = None) -> List[float]:
+                    max_clicks: int, stop_at: float = 1.01, latencies: Optional[List[float]] = None,
+                    clicks: Optional[List[tuple]] = None) -> List[float]:
     """IoU after 0..max_clicks simulated corrective clicks on one sample (RITM / SAM NoC protocol): after each
     answer a click at the point deepest inside the larger error region (missed target -> positive, false area
     -> negative; `interactive.next_clicks`); every request carries all clicks so far and goes through
@@ -55,7 +56,7 @@ def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarra
     tool) there is no mask before the first click (0).
 
     gt H x W bool (the image's size). Stops early once IoU >= stop_at (the rest repeats the last IoU);
-    `latencies` gets each click's seconds."""
+    `latencies` gets each click's seconds, `clicks` (an empty list) each click (x, y, positive)."""
     import time
 
     from .interactive import next_clicks
@@ -71,7 +72,7 @@ def simulate_clicks(predictor: RefSegPredictor, image: np.ndarray, gt: np.ndarra
     else:
         pred = np.zeros_like(gt, dtype=bool)
     ious = [sample_iou(pred, gt) if expression else 0.0]
-    points: List[tuple] = []
+    points: List[tuple] = [] if clicks is None else clicks
     for _ in range(max_clicks):
         if ious[-1] >= stop_at:
             ious.append(ious[-1])

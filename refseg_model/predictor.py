@@ -37,7 +37,7 @@ import torch
 
 from .device import resolve_device  # noqa: F401  (re-exported: the predictor's callers resolve DEVICE with it)
 from .modeling.refseg import ImageEmbedding, RefSegModel, TextPrompts, geometry_tensors
-from .transforms import image_to_frame, logits_to_frame, logits_to_original, point_to_frame
+from .transforms import image_to_frame, logits_to_frame, logits_to_original, point_to_frame, resize_at
 from .zoom_in import ZoomIn
 
 Point = Tuple[float, float, bool]  # (x, y, positive) in original image pixels
@@ -327,8 +327,10 @@ class RefSegPredictor:
                 memory.put(memory.key(key, expression, [], None), prev)
         crop = None
         if self.zoom is not None and prev is not None and len(points) >= 2 and box is None:
-            prev_logits = self._answer_logits(item, prev)
-            crop = self.zoom.crop((prev_logits > self.threshold).numpy(), points)
+            # the previous answer at the image's size only where it may be small enough to zoom into
+            if prev.crop is not None or not self._surely_large(item, prev.low_res):
+                prev_logits = self._answer_logits(item, prev)
+                crop = self.zoom.crop((prev_logits > self.threshold).numpy(), points)
         if crop is None:
             pred = self.predict_prompts(image, expression, points, box, None if prev is None else prev.low_res, key)
             answer = Answer(pred.low_res)
@@ -336,6 +338,26 @@ class RefSegPredictor:
             pred, answer = self._zoomed(image, key, item, prev, prev_logits, crop, points)
         memory.put(memory.key(key, expression, points, box), answer)
         return pred
+
+    def _surely_large(self, item: CachedImage, low_res: torch.Tensor) -> bool:
+        """True when the mask of the full-image answer `low_res` (1 x 1 x M x M) at the image's size is certainly
+        too large to zoom into: two of its pixels, evaluated exactly at the image's size, lie farther apart than
+        `zoom.max_object`. Found from the frame-size logits (h' x w') and four pixels, without the H x W logits
+        (150 ms per click at 5000 x 5000 on one CPU thread); False only means "not known"."""
+        frame = logits_to_original(low_res.float(), self.image_size, item.resized, item.resized)[0]
+        strong = torch.nonzero(frame > self.threshold + 1.0)  # (N, 2) y, x: well inside the mask
+        if len(strong) == 0:
+            return False
+        ends = strong[torch.stack([strong[:, 0].argmin(), strong[:, 0].argmax(),
+                                   strong[:, 1].argmin(), strong[:, 1].argmax()])].numpy()
+        (h, w), (H, W) = item.resized, item.original
+        ys = np.clip(np.round((ends[:, 0] + 0.5) * H / h - 0.5), 0, H - 1).astype(np.int64)
+        xs = np.clip(np.round((ends[:, 1] + 0.5) * W / w - 0.5), 0, W - 1).astype(np.int64)
+        on = (resize_at(frame, (H, W), ys, xs) > self.threshold + 1e-2).numpy()  # 1e-2: far above float rounding
+        if on.sum() < 2:
+            return False
+        ys, xs = ys[on], xs[on]
+        return self.zoom.too_large(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1), item.original)
 
     def _answer_logits(self, item: CachedImage, answer: Answer) -> torch.Tensor:
         """An answer's logits at the image's size (H x W, CPU), the crop's own where it was zoomed."""

@@ -62,6 +62,11 @@ class ZoomIn:
     min_crop: float = ZOOM_MIN_CROP
     expand: float = ZOOM_EXPAND
 
+    def too_large(self, side: int, shape: Tuple[int, int]) -> bool:
+        """Whether an object whose box's longer side is `side` px, on an image of `shape` (H, W), is too large to
+        zoom into."""
+        return side > self.max_object * max(shape)
+
     def crop(self, mask: np.ndarray, points: Sequence[Point]) -> Optional[Tuple[int, int, int]]:
         """(x0, y0, side) of the crop for the next answer, given the previous answer's mask (H x W bool) and
         all clicks so far; None (answer on the full image) when that mask is empty or not small, or when the
@@ -69,9 +74,9 @@ class ZoomIn:
         floats)."""
         if not mask.any() or not points:
             return None
-        longer = max(mask.shape)
-        if longest_side(mask) > self.max_object * longer:
+        if self.too_large(longest_side(mask), mask.shape):
             return None
+        longer = max(mask.shape)
         x0, y0, side = crop_square(mask, points, self.expand, int(round(self.min_crop * longer)))
         x, y, _ = points[-1]
         return (x0, y0, side) if x0 <= x < x0 + side and y0 <= y < y0 + side else None

@@ -13,7 +13,7 @@ from test_interactive import Calls
 
 from refseg_model.checkpoint import load_model, save_checkpoint
 from refseg_model.predictor import AnswerMemory, RefSegPredictor
-from refseg_model.transforms import logits_to_original
+from refseg_model.transforms import logits_to_original, resize_at
 from refseg_model.zoom_in import ZoomIn, crop_square, longest_side
 
 torch.set_num_threads(1)
@@ -86,6 +86,55 @@ def test_a_later_click_on_a_small_answer_is_answered_on_a_crop(small_case):
         calls.close()
     assert calls.n["sam"] == 0 and calls.n["clip"] == 0 and calls.n["decoder"] == 1
     assert np.array_equal(repeat.mask, zoomed.mask)
+
+
+def test_resize_at_is_the_bilinear_resize_at_those_pixels():
+    """transforms.resize_at: F.interpolate's bilinear resize (align_corners=False) at chosen pixels only; up,
+    down, non-square, and the edges (where the source coordinate is clamped)."""
+    rng = np.random.default_rng(0)
+    for h, w, H, W in ((96, 128, 300, 400), (128, 77, 1000, 613), (128, 128, 50, 50), (100, 128, 73, 95),
+                       (64, 64, 64, 64), (128, 90, 5000, 3516)):
+        frame = torch.randn(h, w, generator=torch.Generator().manual_seed(h * w)) * 5
+        full = torch.nn.functional.interpolate(frame[None, None], size=(H, W), mode="bilinear",
+                                               align_corners=False)[0, 0]
+        ys, xs = rng.integers(0, H, 2000), rng.integers(0, W, 2000)
+        ys[:4], xs[:4] = [0, 0, H - 1, H - 1], [0, W - 1, 0, W - 1]
+        assert torch.allclose(resize_at(frame, (H, W), ys, xs), full[ys, xs].double(), atol=1e-3, rtol=0)
+
+
+def test_large_answers_skip_the_image_size_logits_and_every_answer_stays_the_same(monkeypatch):
+    """Deciding whether to zoom needs the previous answer at the image's size (H x W logits per click) only
+    when it may be small: `_surely_large` rules large ones out from the frame-size logits and four exact pixels.
+    On upscaled non-square scenes (640 x 500), every click's answer is the one of the full computation, the
+    shortcut is taken for large answers (each then really too large to zoom into) and zoom-in still happens."""
+    from refseg_model.data.sources import synth_val_samples
+    from refseg_model.evaluate import simulate_clicks
+    from refseg_model.predictor import Answer
+
+    fast = RefSegPredictor.from_spec("demo", zoom="on")
+    full = RefSegPredictor.from_spec("demo", zoom="on")
+    monkeypatch.setattr(full, "_surely_large", lambda item, low_res: False)  # always the H x W logits
+    decided = []
+    surely_large = fast._surely_large
+
+    def spy(item, low_res):
+        decided.append((item, low_res, surely_large(item, low_res)))
+        return decided[-1][2]
+
+    monkeypatch.setattr(fast, "_surely_large", spy)
+    for image, gt, expr in synth_val_samples("default", fast.image_size, 16, seed=20_261_202):
+        image = np.kron(image[:, :100], np.ones((5, 5, 1), dtype=np.uint8))  # 640 x 500, nearest
+        gt = np.kron(gt[:, :100], np.ones((5, 5), dtype=bool))
+        if not gt.any():
+            continue
+        curves = [simulate_clicks(p, image, gt, expr, max_clicks=4) for p in (fast, full)]
+        assert curves[0] == curves[1]
+    skipped = [(item, low_res) for item, low_res, large in decided if large]
+    assert skipped and len(skipped) < len(decided)
+    for item, low_res in skipped:
+        mask = (fast._answer_logits(item, Answer(low_res)) > fast.threshold).numpy()
+        assert fast.zoom.too_large(longest_side(mask), mask.shape)
+    assert any("@" in k for k in fast.cache.keys())  # small answers were still zoomed into
 
 
 def test_zoom_auto_follows_the_checkpoint_and_training_records_it(tmp_path):
