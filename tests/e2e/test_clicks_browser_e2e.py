@@ -1,5 +1,6 @@
-"""Clicks with Label Studio's smart keypoint tool in its own editor (headless Chromium, every request not to
-127.0.0.1 / localhost blocked), on the session's real Label Studio 1.23.2 and backend, with the README's config.
+"""Clicks and a box with Label Studio's smart keypoint and rectangle tools in its own editor (headless Chromium,
+every request not to 127.0.0.1 / localhost blocked), on the session's real Label Studio 1.23.2 and backend, with
+the README's config.
 
 What the annotator does: turn on Auto-Annotation (bottom bar), pick the smart keypoint tool (the toolbar's smart
 group), select the "object" label and click on the object; select the label again (the editor drops it after
@@ -14,13 +15,16 @@ back, and checks that
 - after Submit the stored annotation holds the accepted mask; in this flow (clicks, nothing typed) the editor
   sends no further interactive request (tests/backend covers the answer to the empty one it may send).
 
-Screenshot after the second click: $REFSEG_CLICKS_SCREENSHOT, if set.
+With the smart rectangle tool, a box dragged around an object arrives as one rectangle region with the drag's
+corners, and its answer is the in-process mask for that box. Screenshot after the second click:
+$REFSEG_CLICKS_SCREENSHOT, if set.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -49,34 +53,29 @@ def _wait(predicate, what: str, timeout: float = 30.0, page=None) -> None:
         page.wait_for_timeout(100)  # lets playwright deliver the page's events
 
 
-def test_smart_keypoint_clicks_in_the_editor(label_studio, backend_url, docroot, synth_samples, local_model,
-                                             tmp_path):
-    from refseg_model.predictor import AnswerMemory
-
-    ls = label_studio
-    sample = max(synth_samples[-12:-4], key=lambda s: int(s["mask"].sum()))  # an object a click can hit
-    project = create_project(ls, "refseg-e2e-browser-clicks", [sample], docroot / "ds", config=readme_config())
+@contextmanager
+def smart_tool_session(ls, backend_url, docroot, sample, title: str, tool: str):
+    """A project with the README's config on `sample`, its task open in the editor with Auto-Annotation on and
+    the smart `tool` ("key-point-tool" / "rectangle-tool") picked. Yields (page, session): session has "sent" /
+    "answers" (the editor's interactive requests and their answers, in order), "task", "picture" (the
+    picture's box on screen: the editor scales the image to it and maps the pointer through it; the drawing
+    stage over it can be smaller, clipping the rim) and "to_screen" ((col, row) pixel -> screen point)."""
+    project = create_project(ls, title, [sample], docroot / "ds", config=readme_config())
     # the annotation starts empty, not from the task's batch prediction: whether that prediction had arrived
     # when the editor opened would decide whether the clicks land on its region (then they select it)
     ls.api("PATCH", f"/api/projects/{project['id']}", json={"show_collab_predictions": False})
     connect(ls, project["id"], backend_url)
     [task] = project["tasks"]
     h, w = sample["mask"].shape
-    rows, cols = np.nonzero(sample["mask"])
-    inside = (int(np.median(cols)), int(np.median(rows)))
-    if not sample["mask"][inside[1], inside[0]]:
-        inside = (int(cols[len(cols) // 2]), int(rows[len(rows) // 2]))
-    clicks = [(inside, True), (_farthest_background_pixel(sample["mask"]), False)]
-
-    sent, answers = [], []
+    session = {"sent": [], "answers": [], "task": task}
 
     def on_request(r):
         if "interactive-annotating" in r.url:
-            sent.append(json.loads(r.post_data))
+            session["sent"].append(json.loads(r.post_data))
 
     def on_response(r):
         if "interactive-annotating" in r.url:
-            answers.append(r.json())
+            session["answers"].append(r.json())
 
     with localhost_page(VIEWPORT, fail_instead=os.environ.get("REFSEG_E2E_REQUIRE") == "1") as (page, log):
         page.on("request", on_request)
@@ -84,14 +83,34 @@ def test_smart_keypoint_clicks_in_the_editor(label_studio, backend_url, docroot,
         open_task(page, ls, project["id"], task)
         page.get_by_text("Auto-Annotation").first.click()
         page.locator(".lsf-tool_smart").first.click()  # the smart tools' group
-        page.locator('.lsf-tool_smart[aria-label="key-point-tool"]').click()
-        # the picture's own box: the editor scales it to it and maps clicks through it (the drawing stage over it
-        # can be smaller, clipping the rim)
+        page.locator(f'.lsf-tool_smart[aria-label="{tool}"]').click()
         picture = page.locator(".lsf-image img").bounding_box()
+        session["picture"] = picture
+        session["to_screen"] = lambda col, row: (picture["x"] + (col + 0.5) / w * picture["width"],
+                                                 picture["y"] + (row + 0.5) / h * picture["height"])
+        session["log"] = log
+        yield page, session
+
+
+def test_smart_keypoint_clicks_in_the_editor(label_studio, backend_url, docroot, synth_samples, local_model,
+                                             tmp_path):
+    from refseg_model.predictor import AnswerMemory
+
+    ls = label_studio
+    sample = max(synth_samples[-12:-4], key=lambda s: int(s["mask"].sum()))  # an object a click can hit
+    h, w = sample["mask"].shape
+    rows, cols = np.nonzero(sample["mask"])
+    inside = (int(np.median(cols)), int(np.median(rows)))
+    if not sample["mask"][inside[1], inside[0]]:
+        inside = (int(cols[len(cols) // 2]), int(rows[len(rows) // 2]))
+    clicks = [(inside, True), (_farthest_background_pixel(sample["mask"]), False)]
+
+    with smart_tool_session(ls, backend_url, docroot, sample, "refseg-e2e-browser-clicks",
+                            "key-point-tool") as (page, session):
+        sent, answers, task, log = session["sent"], session["answers"], session["task"], session["log"]
         for k, ((col, row), positive) in enumerate(clicks):
             page.locator(".lsf-label", has_text="object").first.click()  # KeyPointLabels' label
-            x = picture["x"] + (col + 0.5) / w * picture["width"]
-            y = picture["y"] + (row + 0.5) / h * picture["height"]
+            x, y = session["to_screen"](col, row)
             if not positive:
                 page.keyboard.down("Alt")
             page.mouse.click(x, y)
@@ -130,3 +149,39 @@ def test_smart_keypoint_clicks_in_the_editor(label_studio, backend_url, docroot,
     np.testing.assert_array_equal(decode(brush[0]), masks[-1])
     print(f"\n[e2e] editor clicks: {[(len(s['context']['result'])) for s in sent]} regions sent, masks "
           f"{[int(m.sum()) for m in masks]} px, outside requests blocked: {len(log.outside)}")
+
+
+def test_smart_rectangle_in_the_editor(label_studio, backend_url, docroot, synth_samples, local_model):
+    """A box dragged with the smart rectangle tool around the object: the editor sends one rectangle (its
+    corners within 1 px of the drag's), and the answer is the in-process mask for that box and the expression."""
+    from refseg_model.predictor import AnswerMemory
+    from refseg_model.zoom_in import bounding_box
+
+    ls = label_studio
+
+    def inner_box(s):  # the object's box, 2 px wider each side, if that stays 4 px inside the image
+        x0, y0, x1, y1 = bounding_box(s["mask"])
+        h, w = s["mask"].shape
+        return (x0 - 2, y0 - 2, x1 + 3, y1 + 3) if min(x0, y0) >= 6 and x1 + 7 <= w and y1 + 7 <= h else None
+
+    sample = next(s for s in reversed(synth_samples[:-12]) if s["mask"].sum() >= 100 and inner_box(s))
+    x0, y0, x1, y1 = inner_box(sample)  # pixel edges: the box covers columns x0..x1-1, rows y0..y1-1
+    h, w = sample["mask"].shape
+    with smart_tool_session(ls, backend_url, docroot, sample, "refseg-e2e-browser-box",
+                            "rectangle-tool") as (page, session):
+        page.locator(".lsf-label", has_text="object").nth(1).click()  # RectangleLabels' label
+        page.mouse.move(*session["to_screen"](x0 - 0.5, y0 - 0.5))
+        page.mouse.down()
+        page.mouse.move(*session["to_screen"](x1 - 0.5, y1 - 0.5), steps=8)
+        page.mouse.up()
+        _wait(lambda: session["answers"], "the answer to the box", page=page)
+        page.get_by_text(" suggestions").first.wait_for(timeout=30_000)
+    [req], [ans] = session["sent"], session["answers"]
+    [region] = req["context"]["result"]
+    assert region["type"] == "rectanglelabels" and region["value"]["rectanglelabels"] == ["object"]
+    points, box = _prompts([region])
+    assert points == [] and np.allclose(box, (x0, y0, x1, y1), atol=1), (box, (x0, y0, x1, y1))
+    exp = local_model.predict_sequence(sample["image"], sample["expression"], points, box, memory=AnswerMemory())
+    [brush] = ans["data"]["result"]
+    np.testing.assert_array_equal(decode(brush), exp.mask)
+    print(f"\n[e2e] editor box {tuple(round(v, 1) for v in box)}: mask {int(exp.mask.sum())} px")
