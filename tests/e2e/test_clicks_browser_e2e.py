@@ -46,11 +46,13 @@ def _farthest_background_pixel(mask: np.ndarray):
     return max(corners, key=lambda c: (c[0] - cols.mean()) ** 2 + (c[1] - rows.mean()) ** 2)
 
 
-def _wait(predicate, what: str, timeout: float = 30.0, page=None) -> None:
+def _wait(page, predicate, what: str, timeout: float = 30.0) -> None:
+    """e2e_support.wait_for, but waiting through the page: playwright delivers the page's events (the requests
+    and answers recorded) only inside its own calls, not during time.sleep."""
     t0 = time.monotonic()
     while not predicate():
         assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
-        page.wait_for_timeout(100)  # lets playwright deliver the page's events
+        page.wait_for_timeout(100)
 
 
 @contextmanager
@@ -116,12 +118,12 @@ def test_smart_keypoint_clicks_in_the_editor(label_studio, backend_url, docroot,
             page.mouse.click(x, y)
             if not positive:
                 page.keyboard.up("Alt")
-            _wait(lambda: len(answers) > k, f"the answer to click {k + 1}", page=page)
+            _wait(page, lambda: len(answers) > k, f"the answer to click {k + 1}")
             page.get_by_text(" suggestions").first.wait_for(timeout=30_000)
         keep_screenshot(page, tmp_path, "clicks.png", "REFSEG_CLICKS_SCREENSHOT", 20_000)
         page.locator("[data-testid=bottombar-accept-suggestions-button]").click()
         page.locator("[data-testid=bottombar-submit-button]").click()
-        _wait(lambda: ls.get(f"/api/tasks/{task}/annotations"), "the submitted annotation", page=page)
+        _wait(page, lambda: ls.get(f"/api/tasks/{task}/annotations"), "the submitted annotation")
 
     # what the editor sent: one keypoint, then both (the alt-click negative), at the clicked pixels
     assert len(sent) == 2, sent  # one request per click, none from accepting or submitting
@@ -174,7 +176,7 @@ def test_smart_rectangle_in_the_editor(label_studio, backend_url, docroot, synth
         page.mouse.down()
         page.mouse.move(*session["to_screen"](x1 - 0.5, y1 - 0.5), steps=8)
         page.mouse.up()
-        _wait(lambda: session["answers"], "the answer to the box", page=page)
+        _wait(page, lambda: session["answers"], "the answer to the box")
         page.get_by_text(" suggestions").first.wait_for(timeout=30_000)
     [req], [ans] = session["sent"], session["answers"]
     [region] = req["context"]["result"]
